@@ -1,0 +1,1 @@
+"""AMQP-RPC transport: connection service, the daemon's consumer, the server's invoker."""

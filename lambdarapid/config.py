@@ -1,0 +1,303 @@
+"""
+Every setting of the daemon and the server, read from the environment once.
+
+A bad value is a L{ConfigError} whose message names the variable, so the
+program can stop at start with one clear line instead of failing later.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from dataclasses import dataclass, field
+from typing import Callable, Mapping, Sequence, TypeVar
+
+from twisted.logger import LogLevel
+
+T = TypeVar("T")
+
+#: Where the AWS RIE looks for a runtime when it is given no command.
+DEFAULT_BOOTSTRAPS = ("/var/task/bootstrap", "/opt/bootstrap", "/var/runtime/bootstrap")
+
+#: The Lambda Server's broker when AMQP_URI is unset (upstream's default).
+DEFAULT_SERVER_AMQP_URI = (
+    "amqp://guest:guest@localhost:5672?connection_attempts=20&retry_delay=10&heartbeat=0"
+)
+
+#: LOG_LEVEL names (upstream's, which are logrus's) to twisted.logger levels.
+LOG_LEVELS = {
+    "PANIC": LogLevel.critical,
+    "FATAL": LogLevel.critical,
+    "ERROR": LogLevel.error,
+    "WARNING": LogLevel.warn,
+    "WARN": LogLevel.warn,
+    "INFO": LogLevel.info,
+    "DEBUG": LogLevel.debug,
+    "TRACE": LogLevel.debug,
+}
+
+#: The daemon's own settings and secrets: never passed on to the function.
+DAEMON_VARIABLES = frozenset(
+    {
+        "LOG_LEVEL",
+        "PRINT_REPORTS",
+        "INVOKE_API_HOST",
+        "PORT",
+        "RUNTIME_API_HOST",
+        "RUNTIME_API_PORT",
+        "MAX_CONCURRENCY",
+        "MAX_QUEUED_INVOCATIONS",
+        "AMQP_URI",
+        "AMQP_USERNAME",
+        "AMQP_PASSWORD",
+        "AMQP_PREFETCH",
+        "ENABLE_OPENFAAS",
+        "SHUTDOWN_TIMEOUT",
+        "AWS_LAMBDA_FUNCTION_TIMEOUT",
+        "AWS_LAMBDA_FUNCTION_IDLETIMEOUT",
+    }
+)
+
+#: The account id in ARNs we make up; the same one the AWS RIE uses.
+ACCOUNT_ID = "012345678912"
+
+
+class ConfigError(ValueError):
+    """A setting is missing or malformed; the message names it."""
+
+
+@dataclass(frozen=True)
+class Function:
+    """Who the daemon's one function is: what ARNs and reports call it."""
+
+    name: str
+    version: str = "$LATEST"
+    region: str = "us-east-1"
+    account: str = ACCOUNT_ID
+    memory_size: int = 3008
+    timeout: float = 3.0
+
+    def arn(self, qualifier: str | None = None) -> str:
+        """The function's ARN, with the qualifier the caller used, if any."""
+        arn = f"arn:aws:lambda:{self.region}:{self.account}:function:{self.name}"
+        return f"{arn}:{qualifier}" if qualifier else arn
+
+
+@dataclass(frozen=True)
+class RapidConfig:
+    """The daemon's settings."""
+
+    command: tuple[str, ...]
+    handler: str
+    function: Function
+    invoke_host: str = "0.0.0.0"
+    port: int = 8080
+    runtime_host: str = "127.0.0.1"
+    runtime_port: int = 9001
+    max_concurrency: int = 1
+    max_queued: int = 1000
+    idle_timeout: float = 1800.0
+    shutdown_timeout: float = 10.0
+    log_level: LogLevel = LogLevel.info
+    print_reports: bool = False
+    enable_openfaas: bool = False
+    amqp_uri: str | None = None
+    amqp_prefetch: int = 5
+    runtime_environ: Mapping[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    """The Lambda Server's settings."""
+
+    amqp_uri: str = DEFAULT_SERVER_AMQP_URI
+    invoke_host: str = "0.0.0.0"
+    port: int = 8080
+    timeout: float = 1800.0
+    region: str = "us-east-1"
+    log_level: LogLevel = LogLevel.info
+
+
+def _get(
+    environ: Mapping[str, str],
+    name: str,
+    parse: Callable[[str], T],
+    default: T,
+    expected: str,
+) -> T:
+    raw = environ.get(name)
+    if raw is None or raw.strip() == "":
+        return default
+    try:
+        return parse(raw.strip())
+    except (ValueError, KeyError):
+        raise ConfigError(f"{name}={raw!r} is not valid: expected {expected}") from None
+
+
+def _positive_int(raw: str) -> int:
+    value = int(raw)
+    if value < 1:
+        raise ValueError(raw)
+    return value
+
+
+def _port(raw: str) -> int:
+    value = int(raw)
+    if not 0 < value < 65536:
+        raise ValueError(raw)
+    return value
+
+
+def _seconds(raw: str) -> float:
+    value = float(raw)
+    if not 0 < value < 1e9:
+        raise ValueError(raw)
+    return value
+
+
+def _boolean(raw: str) -> bool:
+    return {"true": True, "false": False, "1": True, "0": False}[raw.lower()]
+
+
+def _level(raw: str) -> LogLevel:
+    return LOG_LEVELS[raw.upper()]
+
+
+def _amqp_uri(environ: Mapping[str, str], default: str | None) -> str | None:
+    uri = environ.get("AMQP_URI", "").strip() or default
+    if uri is None:
+        return None
+    # Imported here: the daemon without AMQP never needs pika's URL parser.
+    from .amqp.parameters import parse_amqp_uri
+
+    parse_amqp_uri(uri, environ)  # raises ConfigError naming AMQP_URI
+    return uri
+
+
+def handler_of(command: Sequence[str], environ: Mapping[str, str]) -> str:
+    """The handler: the last argument when there are two or more, else _HANDLER."""
+    if len(command) >= 2:
+        return command[-1]
+    return environ.get("_HANDLER", "")
+
+
+def _resolve_command(command: Sequence[str], environ: Mapping[str, str]) -> tuple[str, ...]:
+    if not command:
+        for candidate in DEFAULT_BOOTSTRAPS:
+            if os.path.isfile(candidate):
+                command = [candidate]
+                break
+        else:
+            raise ConfigError(
+                "no runtime command given and none of "
+                + ", ".join(DEFAULT_BOOTSTRAPS)
+                + " exists"
+            )
+    executable = shutil.which(command[0], path=environ.get("PATH", os.defpath))
+    if executable is None:
+        raise ConfigError(f"runtime command not found or not executable: {command[0]}")
+    return (executable, *command[1:])
+
+
+def _task_root(environ: Mapping[str, str]) -> str:
+    if environ.get("LAMBDA_TASK_ROOT"):
+        return environ["LAMBDA_TASK_ROOT"]
+    return "/var/task" if os.path.isdir("/var/task") else os.getcwd()
+
+
+def rapid_config(command: Sequence[str], environ: Mapping[str, str]) -> RapidConfig:
+    """Read the daemon's settings; raise L{ConfigError} naming a bad one."""
+    executable_command = _resolve_command(command, environ)
+    handler = handler_of(command, environ)
+    default_name = handler.split(".", 1)[0] if handler else ""
+    if not default_name:
+        default_name = os.path.basename(executable_command[0]) or "function"
+    name = environ.get("AWS_LAMBDA_FUNCTION_NAME", "").strip() or default_name
+    region = (
+        environ.get("AWS_REGION", "").strip()
+        or environ.get("AWS_DEFAULT_REGION", "").strip()
+        or "us-east-1"
+    )
+    function = Function(
+        name=name,
+        version=environ.get("AWS_LAMBDA_FUNCTION_VERSION", "").strip() or "$LATEST",
+        region=region,
+        memory_size=_get(
+            environ, "AWS_LAMBDA_FUNCTION_MEMORY_SIZE", _positive_int, 3008, "megabytes"
+        ),
+        timeout=_get(
+            environ, "AWS_LAMBDA_FUNCTION_TIMEOUT", _seconds, 3.0, "a number of seconds > 0"
+        ),
+    )
+    max_concurrency = _get(
+        environ, "MAX_CONCURRENCY", _positive_int, 1, "a whole number >= 1"
+    )
+    runtime_port = _get(environ, "RUNTIME_API_PORT", _port, 9001, "a port number")
+    if runtime_port + max_concurrency - 1 > 65535:
+        raise ConfigError(
+            f"RUNTIME_API_PORT={runtime_port} leaves no room for MAX_CONCURRENCY="
+            f"{max_concurrency} Runtime API ports"
+        )
+    runtime_environ = {
+        key: value for key, value in environ.items() if key not in DAEMON_VARIABLES
+    }
+    runtime_environ.setdefault("LAMBDA_TASK_ROOT", _task_root(environ))
+    runtime_environ.setdefault("LAMBDA_RUNTIME_DIR", "/var/runtime")
+    return RapidConfig(
+        command=executable_command,
+        handler=handler,
+        function=function,
+        invoke_host=environ.get("INVOKE_API_HOST", "").strip() or "0.0.0.0",
+        port=_get(environ, "PORT", _port, 8080, "a port number"),
+        runtime_host=environ.get("RUNTIME_API_HOST", "").strip() or "127.0.0.1",
+        runtime_port=runtime_port,
+        max_concurrency=max_concurrency,
+        max_queued=_get(
+            environ, "MAX_QUEUED_INVOCATIONS", _positive_int, 1000, "a whole number >= 1"
+        ),
+        idle_timeout=_get(
+            environ,
+            "AWS_LAMBDA_FUNCTION_IDLETIMEOUT",
+            _seconds,
+            1800.0,
+            "a number of seconds > 0",
+        ),
+        shutdown_timeout=_get(
+            environ, "SHUTDOWN_TIMEOUT", _seconds, 10.0, "a number of seconds > 0"
+        ),
+        log_level=_get(environ, "LOG_LEVEL", _level, LogLevel.info, _LEVEL_NAMES),
+        print_reports=_get(environ, "PRINT_REPORTS", _boolean, False, "true or false"),
+        enable_openfaas=_get(environ, "ENABLE_OPENFAAS", _boolean, False, "true or false"),
+        amqp_uri=_amqp_uri(environ, None),
+        amqp_prefetch=_get(
+            environ,
+            "AMQP_PREFETCH",
+            _positive_int,
+            5 * max_concurrency,
+            "a whole number >= 1",
+        ),
+        runtime_environ=runtime_environ,
+    )
+
+
+def server_config(environ: Mapping[str, str]) -> ServerConfig:
+    """Read the Lambda Server's settings; raise L{ConfigError} naming a bad one."""
+    uri = _amqp_uri(environ, DEFAULT_SERVER_AMQP_URI)
+    assert uri is not None
+    return ServerConfig(
+        amqp_uri=uri,
+        invoke_host=environ.get("INVOKE_API_HOST", "").strip() or "0.0.0.0",
+        port=_get(environ, "PORT", _port, 8080, "a port number"),
+        timeout=_get(
+            environ,
+            "AWS_LAMBDA_FUNCTION_TIMEOUT",
+            _seconds,
+            1800.0,
+            "a number of seconds > 0",
+        ),
+        region=environ.get("AWS_REGION", "").strip() or "us-east-1",
+        log_level=_get(environ, "LOG_LEVEL", _level, LogLevel.info, _LEVEL_NAMES),
+    )
+
+
+_LEVEL_NAMES = "one of PANIC FATAL ERROR WARNING INFO DEBUG TRACE"

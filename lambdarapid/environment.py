@@ -1,0 +1,367 @@
+"""
+One execution environment: a runtime (RIC) process and its own Runtime API.
+
+Each environment listens on its own loopback port, so which process asked for
+the next event is known from the socket it asked on. The environment owns the
+runtime's state machine and its output; what to run and when to give up is
+the L{Pool}'s business, told through the L{EnvironmentOwner} callbacks.
+"""
+
+from __future__ import annotations
+
+import datetime
+import enum
+import signal
+import uuid
+from typing import Callable, Protocol
+
+from twisted.internet.defer import Deferred, succeed
+from twisted.internet.endpoints import serverFromString
+from twisted.internet.error import CannotListenError, ProcessDone, ProcessTerminated
+from twisted.internet.interfaces import IListeningPort
+from twisted.internet.protocol import ProcessProtocol
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from . import errors, proctree
+from .config import RapidConfig
+from .invocation import Invocation, Outcome
+from .logs import observer
+from .runtime_api import RuntimeAPI
+from .web import QuietSite, bounded_request, tcp_description
+
+#: How much of an invocation's output is kept for X-Amz-Log-Result.
+LOG_TAIL_BYTES = 4096
+#: How long a runtime that reported an init error gets to exit by itself.
+INIT_ERROR_EXIT_GRACE = 2.0
+
+_SIGNAL_WORDS = {
+    signal.SIGKILL: "killed",
+    signal.SIGTERM: "terminated",
+    signal.SIGSEGV: "segmentation fault",
+    signal.SIGABRT: "aborted",
+    signal.SIGINT: "interrupt",
+    signal.SIGBUS: "bus error",
+}
+
+
+class State(enum.Enum):
+    """Where the runtime is in its life."""
+
+    STARTING = "starting"  # spawned, initialising: has not asked for an event yet
+    IDLE = "idle"  # waiting in GET /next
+    BUSY = "busy"  # running an event
+    STOPPING = "stopping"  # being shut down; takes no more events
+    DEAD = "dead"  # the process has exited
+
+
+class EnvironmentOwner(Protocol):
+    """What an environment tells its pool."""
+
+    def environment_ready(self, environment: ExecutionEnvironment) -> None:
+        """The runtime is waiting for an event."""
+
+    def environment_answered(
+        self,
+        environment: ExecutionEnvironment,
+        outcome: Outcome,
+        body: bytes,
+        error_type: str | None,
+    ) -> None:
+        """The runtime answered its current invocation."""
+
+    def environment_exited(self, environment: ExecutionEnvironment, reason: str) -> None:
+        """The runtime process exited (C{reason} as Go words it: C{exit status 1})."""
+
+
+def exit_reason(failure: Failure) -> str:
+    """Go's wording for how a process ended, as AWS reports it."""
+    error = failure.value
+    if isinstance(error, ProcessTerminated) and error.signal is not None:
+        word = _SIGNAL_WORDS.get(signal.Signals(error.signal))
+        return f"signal: {word or signal.Signals(error.signal).name}"
+    if isinstance(error, (ProcessDone, ProcessTerminated)):
+        return f"exit status {error.exitCode or 0}"
+    return str(error)
+
+
+class ExecutionEnvironment(ProcessProtocol):
+    """A runtime process, its Runtime API listener, and its state."""
+
+    log = Logger(observer=observer)
+
+    def __init__(
+        self,
+        index: int,
+        config: RapidConfig,
+        owner: EnvironmentOwner,
+        reactor: object,
+        output: Callable[[bytes], None],
+    ) -> None:
+        self.index = index
+        self.state = State.STARTING
+        self.current: Invocation | None = None
+        self.answered = False
+        self.delivered_at = 0.0
+        self.init_duration: float | None = None
+        self.init_error: tuple[str | None, bytes] | None = None
+        self.invocations = 0
+        self.idle_since = 0.0
+        self.runtime_port = config.runtime_port + index
+        self.pid: int | None = None
+        self._config = config
+        self._owner = owner
+        self._reactor = reactor
+        self._output = output
+        self._spawned_at = 0.0
+        self._waiting: Deferred[Invocation] | None = None
+        self._port: IListeningPort | None = None
+        self._partial: dict[int, bytes] = {}
+        self._log_buffer = bytearray()
+        self._ended = False
+        self._on_ended: list[Callable[[], object]] = []
+
+    def __repr__(self) -> str:
+        return f"<ExecutionEnvironment #{self.index} {self.state.value} pid={self.pid}>"
+
+    # Life cycle
+
+    async def start(self) -> None:
+        """Listen for the runtime, then spawn it; fails if neither can be done."""
+        self._port = await self._listen()
+        self.runtime_port = self._port.getHost().port
+        self._spawn()
+
+    async def _listen(self) -> IListeningPort:
+        site = QuietSite(RuntimeAPI(self).app.resource(), bounded_request(errors.MAX_RUNTIME_RESPONSE))
+        host = self._config.runtime_host
+        try:
+            port: IListeningPort = await serverFromString(
+                self._reactor, tcp_description(host, self.runtime_port)
+            ).listen(site)
+            return port
+        except CannotListenError as error:
+            self.log.warn(
+                "Runtime API port {port} for environment #{index} is taken ({error}); "
+                "using a free port instead",
+                port=self.runtime_port,
+                index=self.index,
+                error=error.socketError,
+            )
+            fallback: IListeningPort = await serverFromString(
+                self._reactor, tcp_description(host, 0)
+            ).listen(site)
+            return fallback
+
+    def _environ(self) -> dict[str, str]:
+        config = self._config
+        function = config.function
+        host = config.runtime_host
+        if host in ("0.0.0.0", "::", ""):
+            host = "127.0.0.1"
+        elif ":" in host:
+            host = f"[{host}]"
+        today = datetime.datetime.now(datetime.timezone.utc).strftime("%Y/%m/%d")
+        environ = dict(config.runtime_environ)
+        environ.update(
+            {
+                "AWS_LAMBDA_RUNTIME_API": f"{host}:{self.runtime_port}",
+                "_HANDLER": config.handler,
+                "AWS_LAMBDA_FUNCTION_NAME": function.name,
+                "AWS_LAMBDA_FUNCTION_VERSION": function.version,
+                "AWS_LAMBDA_FUNCTION_MEMORY_SIZE": str(function.memory_size),
+                "AWS_LAMBDA_LOG_GROUP_NAME": f"/aws/lambda/{function.name}",
+                "AWS_LAMBDA_LOG_STREAM_NAME": f"{today}/[{function.version}]{uuid.uuid4().hex}",
+                "AWS_LAMBDA_INITIALIZATION_TYPE": "on-demand",
+                "AWS_REGION": function.region,
+                "AWS_DEFAULT_REGION": function.region,
+            }
+        )
+        return environ
+
+    def _spawn(self) -> None:
+        command = self._config.command
+        self._spawned_at = self._reactor.seconds()  # type: ignore[attr-defined]
+        transport = self._reactor.spawnProcess(  # type: ignore[attr-defined]
+            self, command[0], args=list(command), env=self._environ()
+        )
+        self.pid = transport.pid
+        transport.closeStdin()
+        self.log.debug(
+            "environment #{index} spawned {command} as pid {pid}, Runtime API on port {port}",
+            index=self.index,
+            command=" ".join(command),
+            pid=self.pid,
+            port=self.runtime_port,
+        )
+
+    def kill(self) -> None:
+        """SIGKILL the runtime and everything it started."""
+        if self.state is not State.DEAD and self.pid is not None:
+            self.state = State.STOPPING
+            proctree.signal_tree(self.pid, signal.SIGKILL)
+
+    def terminate(self, grace: float) -> Deferred[None]:
+        """SIGTERM the runtime's tree, SIGKILL it after C{grace} seconds; fires once it is gone."""
+        if self.state is not State.DEAD and self.pid is not None:
+            self.state = State.STOPPING
+            proctree.signal_tree(self.pid, signal.SIGTERM)
+            killer = self._reactor.callLater(grace, self.kill)  # type: ignore[attr-defined]
+            self._on_ended.append(lambda: killer.cancel() if killer.active() else None)
+        return self.ended()
+
+    def ended(self) -> Deferred[None]:
+        """Fires once the runtime has exited and its Runtime API stopped listening."""
+        if self._ended:
+            return succeed(None)
+        waiter: Deferred[None] = Deferred()
+        self._on_ended.append(lambda: waiter.callback(None))
+        return waiter
+
+    # The Runtime API's calls
+
+    def next_invocation(self) -> Deferred[Invocation]:
+        """GET /next: a Deferred that fires with the next event for this runtime."""
+        if self.state is State.BUSY:
+            if not self.answered:
+                raise errors.invalid_state_transition(
+                    "next called while invocation "
+                    f"{self.current.request_id if self.current else ''} is still running"
+                )
+            self.current = None
+        elif self.state is State.IDLE:
+            if self._waiting is not None:
+                raise errors.invalid_state_transition(
+                    "next called twice without an event between"
+                )
+            # The runtime hung up an earlier GET /next and asks again.
+        elif self.state is State.STARTING:
+            self.init_duration = self._reactor.seconds() - self._spawned_at  # type: ignore[attr-defined]
+        else:  # STOPPING, DEAD: no more events, ever.
+            return Deferred()
+        self.state = State.IDLE
+        self.idle_since = self._reactor.seconds()  # type: ignore[attr-defined]
+        waiting: Deferred[Invocation] = Deferred(self._next_cancelled)
+        self._waiting = waiting
+        self._owner.environment_ready(self)
+        return waiting
+
+    def _next_cancelled(self, waiting: Deferred[Invocation]) -> None:
+        # The runtime hung up its GET /next: it is dying, or will ask again.
+        if self._waiting is waiting:
+            self._waiting = None
+
+    @property
+    def waiting(self) -> bool:
+        """Whether the runtime is waiting in GET /next right now."""
+        return self._waiting is not None
+
+    def deliver(self, invocation: Invocation) -> None:
+        """Hand C{invocation} to the runtime waiting in GET /next."""
+        waiting, self._waiting = self._waiting, None
+        assert waiting is not None and self.state is State.IDLE, self
+        self.state = State.BUSY
+        self.current = invocation
+        self.answered = False
+        self.invocations += 1
+        self.delivered_at = self._reactor.seconds()  # type: ignore[attr-defined]
+        del self._log_buffer[:]
+        waiting.callback(invocation)
+
+    def answer(
+        self, request_id: str, outcome: Outcome, body: bytes, error_type: str | None = None
+    ) -> None:
+        """POST /response or /error for C{request_id}; raises the AWS error if out of turn."""
+        current = self.current
+        if current is None or current.request_id != request_id:
+            raise errors.invalid_request_id(request_id)
+        if self.answered:
+            raise errors.invalid_state_transition(
+                f"invocation {request_id} has already been answered"
+            )
+        self.answered = True
+        self._owner.environment_answered(self, outcome, body, error_type)
+
+    def init_failed(self, error_type: str | None, body: bytes) -> None:
+        """POST /init/error: keep the error for the invocation that caused this init."""
+        if self.state is not State.STARTING or self.init_error is not None:
+            raise errors.invalid_state_transition("init/error is only allowed during init")
+        self.init_error = (error_type, body)
+        self._reactor.callLater(INIT_ERROR_EXIT_GRACE, self.kill)  # type: ignore[attr-defined]
+
+    # Output
+
+    def take_log(self) -> bytes:
+        """The current invocation's output so far (its last 4 KB at least)."""
+        self.drain_output()
+        return bytes(self._log_buffer)
+
+    def drain_output(self) -> None:
+        """
+        Read what the runtime has already written to its pipes.
+
+        A runtime writes its logs before it posts its answer, but the reactor
+        may read the answer's socket first; reading the pipes now keeps the
+        logs in the invocation they belong to.
+        """
+        transport = self.transport
+        pipes = getattr(transport, "pipes", {})
+        for fd in (1, 2):
+            reader = pipes.get(fd)
+            for _ in range(64):
+                before = len(self._log_buffer)
+                if reader is None or reader.doRead() is not None:
+                    break
+                if len(self._log_buffer) == before:
+                    break
+
+    def childDataReceived(self, childFD: int, data: bytes) -> None:
+        buffer = self._log_buffer
+        buffer += data
+        if len(buffer) > 4 * LOG_TAIL_BYTES:
+            del buffer[: -LOG_TAIL_BYTES * 2]
+        partial = self._partial.get(childFD)
+        if partial:
+            data = partial + data
+        cut = data.rfind(b"\n") + 1
+        if cut:
+            self._output(data[:cut])
+        self._partial[childFD] = data[cut:]
+
+    def peak_memory_kb(self) -> int:
+        """The peak RSS of the runtime's process tree, in kB (0 once it is gone)."""
+        return proctree.peak_rss_kb(self.pid) if self.pid is not None else 0
+
+    # The process's end
+
+    def processExited(self, reason: Failure) -> None:
+        for fd, partial in self._partial.items():
+            if partial:
+                self._output(partial + b"\n")
+        self._partial.clear()
+        self.state = State.DEAD
+        waiting, self._waiting = self._waiting, None
+        if waiting is not None:
+            waiting.cancel()
+        self.log.debug(
+            "environment #{index} (pid {pid}) exited: {reason}",
+            index=self.index,
+            pid=self.pid,
+            reason=exit_reason(reason),
+        )
+        self._owner.environment_exited(self, exit_reason(reason))
+
+    def processEnded(self, reason: Failure) -> None:
+        self.close().addBoth(self._fire_ended)
+
+    def _fire_ended(self, _: object) -> None:
+        self._ended = True
+        callbacks, self._on_ended = self._on_ended, []
+        for callback in callbacks:
+            callback()
+
+    def close(self) -> Deferred[None]:
+        """Stop listening (at the end, or for an environment whose runtime never started)."""
+        port, self._port = self._port, None
+        stopped = port.stopListening() if port is not None else None
+        return stopped if isinstance(stopped, Deferred) else succeed(None)

@@ -1,0 +1,141 @@
+"""
+One invocation of the function, independent of how it arrived.
+
+Every transport (the HTTP Invoke API, OpenFaaS routes, an AMQP delivery) turns
+its request into an L{Invocation} and asks an L{IInvoker} for its L{Result}.
+Nothing here knows HTTP or AMQP.
+"""
+
+from __future__ import annotations
+
+import enum
+import json
+import os
+import time
+import uuid
+from dataclasses import dataclass, field
+from twisted.internet.defer import Deferred
+from zope.interface import Interface
+
+
+class InvocationType(enum.Enum):
+    """How the caller wants the invocation run (X-Amz-Invocation-Type)."""
+
+    REQUEST_RESPONSE = "RequestResponse"
+    EVENT = "Event"
+    DRY_RUN = "DryRun"
+
+
+class Outcome(enum.Enum):
+    """How an invocation ended, as far as the caller is concerned."""
+
+    SUCCESS = "success"
+    FUNCTION_ERROR = "function error"
+    INIT_ERROR = "init error"
+    TIMEOUT = "timeout"
+    RUNTIME_EXIT = "runtime exit"
+
+    @property
+    def is_error(self) -> bool:
+        return self is not Outcome.SUCCESS
+
+
+@dataclass
+class Invocation:
+    """
+    What to run and for whom: the event, its ids and its caller's context.
+
+    C{arrived} and C{deadline} are reactor seconds (epoch time on a real
+    reactor). C{deadline} is set when the caller's own clock counts (AMQP
+    messages carry the time they were sent); otherwise the invoker sets it
+    when the runtime takes the event.
+    """
+
+    payload: bytes
+    request_id: str = field(default_factory=lambda: str(uuid.uuid4()))
+    function_arn: str = ""
+    invocation_type: InvocationType = InvocationType.REQUEST_RESPONSE
+    tail_log: bool = False
+    client_context: str | None = None
+    cognito_identity: str | None = None
+    trace_id: str | None = None
+    tenant_id: str | None = None
+    function_name: str = ""
+    qualifier: str | None = None
+    arrived: float = 0.0
+    deadline: float | None = None
+
+
+@dataclass
+class Result:
+    """
+    What the caller gets back: the body bytes, exactly as the runtime sent them,
+    and enough about the run to build any transport's answer and a REPORT.
+    """
+
+    outcome: Outcome
+    body: bytes
+    request_id: str
+    executed_version: str = "$LATEST"
+    log_tail: bytes = b""
+    error_type: str | None = None
+    duration: float = 0.0
+    init_duration: float | None = None
+    max_memory_mb: int | None = None
+
+    @property
+    def function_error(self) -> str | None:
+        """The X-Amz-Function-Error value: Unhandled for every failed run."""
+        return "Unhandled" if self.outcome.is_error else None
+
+
+class IInvoker(Interface):
+    """
+    Something that runs invocations: the daemon's pool of execution
+    environments, or the Lambda Server's AMQP RPC client.
+    """
+
+    def invoke(invocation: Invocation) -> Deferred[Result]:
+        """
+        Run C{invocation}. The Deferred fires with its L{Result} or fails with
+        an L{InvokeError}. Cancelling the Deferred does not stop the run.
+        """
+
+    def dry_run(invocation: Invocation) -> Deferred[None]:
+        """Check C{invocation} could run (function exists, room for it), without running it."""
+
+    def accept_event(invocation: Invocation) -> Deferred[None]:
+        """
+        Take an C{Event} invocation to run later: fires once it is safely
+        queued, or fails with an L{InvokeError}.
+        """
+
+
+class InvokeError(Exception):
+    """The invocation could not be run at all; the transport maps it to an error response."""
+
+
+class FunctionNotFound(InvokeError):
+    """No such function (or qualifier) here."""
+
+
+class TooManyRequests(InvokeError):
+    """Every environment is busy and the queue is full."""
+
+
+class ServiceUnavailable(InvokeError):
+    """Shutting down, or (for the server) the broker cannot be reached."""
+
+
+def new_trace_id(now: float | None = None) -> str:
+    """An X-Ray trace header, for callers that did not send one."""
+    epoch = int(now if now is not None else time.time())
+    return (
+        f"Root=1-{epoch:08x}-{os.urandom(12).hex()};"
+        f"Parent={os.urandom(8).hex()};Sampled=0"
+    )
+
+
+def error_body(error_type: str, message: str) -> bytes:
+    """The runtime-error JSON shape AWS uses for errors it makes up itself."""
+    return json.dumps({"errorMessage": message, "errorType": error_type}).encode()

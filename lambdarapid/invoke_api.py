@@ -1,0 +1,220 @@
+"""
+The Lambda Invoke API, shared by the daemon and the Lambda Server.
+
+It turns C{POST /2015-03-31/functions/{name}/invocations} into an
+L{Invocation}, asks its L{IInvoker} (the daemon's pool, or the server's AMQP
+client) for the L{Result}, and answers the way botocore expects.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+from typing import Any
+
+from klein import Klein
+from twisted.internet.defer import Deferred
+from twisted.python.failure import Failure
+from twisted.web.server import Request
+
+from . import errors
+from .config import ACCOUNT_ID, Function
+from .invocation import (
+    FunctionNotFound,
+    IInvoker,
+    Invocation,
+    InvocationType,
+    Result,
+    ServiceUnavailable,
+    TooManyRequests,
+    new_trace_id,
+)
+from .web import BoundedRequest
+
+_JSON = b"application/json"
+_INVOCATION_TYPES = {kind.value: kind for kind in InvocationType}
+#: The name the AWS RIE answers to, whatever the function is called.
+RIE_FUNCTION_NAME = "function"
+
+
+def split_function_name(raw: str, qualifier: str | None) -> tuple[str, str | None]:
+    """
+    The function name and qualifier from a name, C{name:qualifier}, a full ARN
+    or a partial ARN (C{account:function:name[:qualifier]}).
+    """
+    parts = raw.split(":")
+    if parts[0] == "arn" and len(parts) in (7, 8) and parts[5] == "function":
+        name, derived = parts[6], (parts[7] if len(parts) == 8 else None)
+    elif len(parts) in (3, 4) and parts[1] == "function":
+        name, derived = parts[2], (parts[3] if len(parts) == 4 else None)
+    elif len(parts) == 2:
+        name, derived = parts
+    elif len(parts) == 1:
+        name, derived = raw, None
+    else:
+        raise errors.invalid_parameter(f"Invalid function name: {raw}")
+    if not name:
+        raise errors.invalid_parameter(f"Invalid function name: {raw}")
+    if derived and qualifier and derived != qualifier:
+        raise errors.invalid_parameter(
+            "The derived qualifier from the function name does not match the specified qualifier."
+        )
+    return name, derived or qualifier or None
+
+
+def _decode_client_context(raw: bytes) -> str:
+    """The decoded JSON of a base64 X-Amz-Client-Context header."""
+    if len(raw) > errors.MAX_CLIENT_CONTEXT:
+        raise errors.invalid_request_content(
+            f"Client context must be at most {errors.MAX_CLIENT_CONTEXT} bytes."
+        )
+    try:
+        decoded = base64.b64decode(raw, validate=True).decode("utf-8")
+        if not isinstance(json.loads(decoded), dict):
+            raise ValueError(decoded)
+    except (binascii.Error, ValueError):
+        raise errors.invalid_request_content(
+            "Client context must be a valid Base64-encoded JSON object."
+        ) from None
+    return decoded
+
+
+def _header(request: Request, name: bytes) -> str | None:
+    value = request.getHeader(name)
+    return value.decode("utf-8", "replace") if value is not None else None
+
+
+class InvokeAPI:
+    """
+    The Invoke API over an invoker.
+
+    With a C{function} (the daemon) only that function, under its own name or
+    the RIE's C{function}, is served; without one (the server) every name is
+    passed on and the invoker decides whether it exists.
+    """
+
+    app = Klein()
+
+    def __init__(
+        self,
+        invoker: IInvoker,
+        reactor: Any,
+        function: Function | None = None,
+        region: str = "us-east-1",
+    ) -> None:
+        self._invoker = invoker
+        self._reactor = reactor
+        self._function = function
+        self._region = function.region if function is not None else region
+
+    def _arn(self, name: str, qualifier: str | None) -> str:
+        arn = f"arn:aws:lambda:{self._region}:{ACCOUNT_ID}:function:{name}"
+        return f"{arn}:{qualifier}" if qualifier else arn
+
+    def _resolve(self, raw_name: str, qualifier: str | None) -> tuple[str, str, str | None]:
+        """The routed name, invoked ARN and qualifier; 404 for another function."""
+        name, qualifier = split_function_name(raw_name, qualifier)
+        function = self._function
+        if function is None:
+            return name, self._arn(name, qualifier), qualifier
+        if name not in (function.name, RIE_FUNCTION_NAME) or qualifier not in (
+            None,
+            "$LATEST",
+            function.version,
+        ):
+            raise errors.function_not_found(self._arn(name, qualifier))
+        return function.name, function.arn(qualifier), qualifier
+
+    def _invocation(self, request: Request, raw_name: str) -> Invocation:
+        """Everything the request says, checked, as an Invocation."""
+        raw_qualifier = request.args.get(b"Qualifier")
+        qualifier = raw_qualifier[0].decode("utf-8", "replace") if raw_qualifier else None
+        name, arn, qualifier = self._resolve(raw_name, qualifier)
+        kind_name = _header(request, b"x-amz-invocation-type") or "RequestResponse"
+        kind = _INVOCATION_TYPES.get(kind_name)
+        if kind is None:
+            raise errors.invalid_request_content(f"Invalid invocation type: {kind_name}")
+        log_type = _header(request, b"x-amz-log-type") or "None"
+        if log_type not in ("None", "Tail"):
+            raise errors.invalid_request_content(f"Invalid log type: {log_type}")
+        raw_context = request.getHeader(b"x-amz-client-context")
+        assert isinstance(request, BoundedRequest)
+        limit = errors.MAX_ASYNC_PAYLOAD if kind is InvocationType.EVENT else errors.MAX_SYNC_PAYLOAD
+        if request.too_large or request.body_length > limit:
+            raise errors.request_too_large(limit)
+        now: float = self._reactor.seconds()
+        return Invocation(
+            payload=request.body() or b"{}",
+            function_arn=arn,
+            function_name=name,
+            qualifier=qualifier,
+            invocation_type=kind,
+            tail_log=log_type == "Tail",
+            client_context=_decode_client_context(raw_context) if raw_context else None,
+            trace_id=_header(request, b"x-amzn-trace-id") or new_trace_id(now),
+            tenant_id=_header(request, b"x-amz-tenant-id"),
+            arrived=now,
+        )
+
+    @app.route("/2015-03-31/functions/<path:function_name>/invocations", methods=["POST"])
+    def invoke(self, request: Request, function_name: str) -> Deferred[bytes]:
+        invocation = self._invocation(request, function_name)
+        request.responseHeaders.setRawHeaders(
+            b"x-amzn-requestid", [invocation.request_id.encode()]
+        )
+        if invocation.invocation_type is InvocationType.DRY_RUN:
+            return self._invoker.dry_run(invocation).addCallback(self._empty, request, 204)
+        if invocation.invocation_type is InvocationType.EVENT:
+            return self._invoker.accept_event(invocation).addCallback(
+                self._empty, request, 202
+            )
+        return self._invoker.invoke(invocation).addCallback(self._respond, request)
+
+    @staticmethod
+    def _empty(_: object, request: Request, status: int) -> bytes:
+        request.setResponseCode(status)
+        request.responseHeaders.setRawHeaders(b"content-length", [b"0"])
+        return b""
+
+    @staticmethod
+    def _respond(result: Result, request: Request) -> bytes:
+        """The Invoke API answer for C{result}: 200, the body, botocore's headers."""
+        headers = request.responseHeaders
+        headers.setRawHeaders(b"content-type", [_JSON])
+        headers.setRawHeaders(b"x-amz-executed-version", [result.executed_version.encode()])
+        if result.outcome.is_error:
+            headers.setRawHeaders(b"x-amz-function-error", [b"Unhandled"])
+        if result.log_tail:
+            headers.setRawHeaders(b"x-amz-log-result", [base64.b64encode(result.log_tail)])
+        headers.setRawHeaders(b"content-length", [b"%d" % len(result.body)])
+        return result.body
+
+    @app.handle_errors(errors.APIError)
+    def api_error(self, request: Request, failure: Failure) -> bytes:
+        error = failure.value
+        assert isinstance(error, errors.APIError)
+        return self._error(request, error)
+
+    @app.handle_errors(FunctionNotFound)
+    def not_found(self, request: Request, failure: Failure) -> bytes:
+        return self._error(request, errors.function_not_found(str(failure.value)))
+
+    @app.handle_errors(TooManyRequests)
+    def too_many(self, request: Request, failure: Failure) -> bytes:
+        return self._error(request, errors.too_many_requests())
+
+    @app.handle_errors(ServiceUnavailable)
+    def unavailable(self, request: Request, failure: Failure) -> bytes:
+        return self._error(request, errors.service_unavailable(str(failure.value)))
+
+    @staticmethod
+    def _error(request: Request, error: errors.APIError) -> bytes:
+        request.setResponseCode(error.status)
+        headers = request.responseHeaders
+        headers.setRawHeaders(b"content-type", [_JSON])
+        headers.setRawHeaders(b"x-amzn-errortype", [error.error_type.encode()])
+        for name, value in error.headers.items():
+            headers.setRawHeaders(name.encode(), [value.encode()])
+        headers.setRawHeaders(b"content-length", [b"%d" % len(error.body)])
+        return error.body

@@ -1,0 +1,415 @@
+"""
+The daemon's invoker: a pool of execution environments.
+
+Invocations wait in one FIFO; environments are spawned on demand up to
+MAX_CONCURRENCY, each running one invocation at a time under its own timer,
+and are stopped after AWS_LAMBDA_FUNCTION_IDLETIMEOUT without work. Every
+decision is made here, on reactor time, so it can be tested with a Clock.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Callable
+
+from twisted.internet.defer import Deferred, fail, succeed
+from twisted.internet.interfaces import IDelayedCall
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from zope.interface import implementer
+
+from . import reports
+from .config import RapidConfig
+from .environment import LOG_TAIL_BYTES, ExecutionEnvironment, EnvironmentOwner, State
+from .invocation import (
+    IInvoker,
+    Invocation,
+    Outcome,
+    Result,
+    ServiceUnavailable,
+    TooManyRequests,
+    error_body,
+)
+from .logs import observer
+
+#: How long a runtime gets between SIGTERM and SIGKILL when it is stopped.
+KILL_GRACE = 2.0
+
+EnvironmentFactory = Callable[
+    [int, RapidConfig, EnvironmentOwner, object, Callable[[bytes], None]], ExecutionEnvironment
+]
+
+
+@dataclass(eq=False)
+class _Job:
+    """An invocation on its way through the pool, with its caller's Deferred."""
+
+    invocation: Invocation
+    result: Deferred[Result] = field(default_factory=Deferred)
+    timer: IDelayedCall | None = None
+
+
+@implementer(IInvoker)
+class Pool:
+    """Runs invocations on up to C{max_concurrency} runtime processes."""
+
+    log = Logger(observer=observer)
+
+    def __init__(
+        self,
+        config: RapidConfig,
+        reactor: object,
+        output: Callable[[bytes], None],
+        environment_factory: EnvironmentFactory = ExecutionEnvironment,
+    ) -> None:
+        self._config = config
+        self._function = config.function
+        self._reactor = reactor
+        self._output = output
+        self._make_environment = environment_factory
+        self._queue: deque[_Job] = deque()
+        self._environments: dict[int, ExecutionEnvironment] = {}
+        self._idle: list[ExecutionEnvironment] = []
+        self._jobs: dict[ExecutionEnvironment, _Job] = {}
+        self._idle_timers: dict[ExecutionEnvironment, IDelayedCall] = {}
+        self._stopping = False
+        self._drained: Deferred[None] | None = None
+        self._grace_timer: IDelayedCall | None = None
+
+    # What the pool looks like, for health checks and tests
+
+    @property
+    def accepting(self) -> bool:
+        """False once shutdown has begun."""
+        return not self._stopping
+
+    @property
+    def environments(self) -> list[ExecutionEnvironment]:
+        return list(self._environments.values())
+
+    @property
+    def queued(self) -> int:
+        return len(self._queue)
+
+    # IInvoker
+
+    def invoke(self, invocation: Invocation) -> Deferred[Result]:
+        try:
+            return self._submit(invocation).result
+        except (TooManyRequests, ServiceUnavailable):
+            return fail()
+
+    def accept_event(self, invocation: Invocation) -> Deferred[None]:
+        try:
+            job = self._submit(invocation)
+        except (TooManyRequests, ServiceUnavailable):
+            return fail()
+        job.result.addCallbacks(self._event_done, self._event_failed)
+        return succeed(None)
+
+    def dry_run(self, invocation: Invocation) -> Deferred[None]:
+        if self._stopping:
+            return fail(ServiceUnavailable("the daemon is shutting down"))
+        return succeed(None)
+
+    def _submit(self, invocation: Invocation) -> _Job:
+        if self._stopping:
+            raise ServiceUnavailable("the daemon is shutting down")
+        job = _Job(invocation)
+        environment = self._take_idle()
+        if environment is not None:
+            self._run(environment, job)
+        elif len(self._queue) >= self._config.max_queued:
+            raise TooManyRequests("all environments are busy and the queue is full")
+        else:
+            self._queue.append(job)
+            self._spawn_as_needed()
+        return job
+
+    def _take_idle(self) -> ExecutionEnvironment | None:
+        """The most recently idle environment still waiting in GET /next."""
+        while self._idle:
+            environment = self._idle.pop()
+            if environment.waiting:
+                return environment
+        return None
+
+    def _event_done(self, result: Result) -> None:
+        self.log.info(
+            "Event invocation {request_id} finished: {outcome}",
+            request_id=result.request_id,
+            outcome=result.outcome.value,
+        )
+
+    def _event_failed(self, failure: Failure) -> None:
+        self.log.failure("Event invocation failed", failure)
+
+    # Running invocations
+
+    def _run(self, environment: ExecutionEnvironment, job: _Job) -> None:
+        invocation = job.invocation
+        now: float = self._reactor.seconds()  # type: ignore[attr-defined]
+        if invocation.deadline is None:
+            invocation.deadline = now + self._function.timeout
+        job.timer = self._reactor.callLater(  # type: ignore[attr-defined]
+            max(0.0, invocation.deadline - now), self._timed_out, environment, job
+        )
+        self._jobs[environment] = job
+        if self._config.print_reports:
+            self._output(reports.start_line(invocation.request_id, self._function.version))
+        environment.deliver(invocation)
+
+    def _timed_out(self, environment: ExecutionEnvironment, job: _Job) -> None:
+        del self._jobs[environment]
+        environment.answered = True
+        job.timer = None
+        request_id = job.invocation.request_id
+        message = (
+            f"RequestId: {request_id} Error: Task timed out after "
+            f"{self._function.timeout:.2f} seconds"
+        )
+        self._finish(
+            environment,
+            job,
+            Outcome.TIMEOUT,
+            error_body("Sandbox.Timedout", message),
+            "Sandbox.Timedout",
+        )
+        self.log.warn("{message}", message=message)
+        environment.kill()
+
+    def _finish(
+        self,
+        environment: ExecutionEnvironment,
+        job: _Job,
+        outcome: Outcome,
+        body: bytes,
+        error_type: str | None,
+    ) -> None:
+        invocation = job.invocation
+        delivered = environment.current is invocation
+        now: float = self._reactor.seconds()  # type: ignore[attr-defined]
+        result = Result(
+            outcome=outcome,
+            body=body,
+            request_id=invocation.request_id,
+            executed_version=self._function.version,
+            error_type=error_type,
+            duration=now - environment.delivered_at if delivered else 0.0,
+            init_duration=(
+                environment.init_duration
+                if environment.invocations <= 1
+                else None
+            ),
+        )
+        if self._config.print_reports or invocation.tail_log:
+            self._add_log_and_reports(environment, invocation, result, delivered)
+        if not job.result.called:
+            job.result.callback(result)
+        if self._drained is not None:
+            self._check_drained()
+
+    def _add_log_and_reports(
+        self,
+        environment: ExecutionEnvironment,
+        invocation: Invocation,
+        result: Result,
+        delivered: bool,
+    ) -> None:
+        log = environment.take_log()
+        result.max_memory_mb = math.ceil(environment.peak_memory_kb() / 1024)
+        start = reports.start_line(invocation.request_id, self._function.version)
+        end = reports.end_line(invocation.request_id)
+        report = reports.report_line(result, self._function.memory_size)
+        if self._config.print_reports:
+            if not delivered:
+                self._output(start)
+            self._output(end + report)
+        if invocation.tail_log:
+            if log and not log.endswith(b"\n"):
+                log += b"\n"
+            result.log_tail = (start + log + end + report)[-LOG_TAIL_BYTES:]
+
+    # What environments tell the pool
+
+    def environment_ready(self, environment: ExecutionEnvironment) -> None:
+        if self._queue:
+            self._run(environment, self._queue.popleft())
+            return
+        if environment not in self._idle:
+            self._idle.append(environment)
+        if self._drained is not None:
+            self._check_drained()
+        elif environment not in self._idle_timers:
+            self._arm_idle_timer(environment, self._config.idle_timeout)
+
+    def environment_answered(
+        self,
+        environment: ExecutionEnvironment,
+        outcome: Outcome,
+        body: bytes,
+        error_type: str | None,
+    ) -> None:
+        job = self._jobs.pop(environment)
+        if job.timer is not None:
+            job.timer.cancel()
+        self._finish(environment, job, outcome, body, error_type)
+
+    def environment_exited(self, environment: ExecutionEnvironment, reason: str) -> None:
+        if environment in self._idle:
+            self._idle.remove(environment)
+        timer = self._idle_timers.pop(environment, None)
+        if timer is not None:
+            timer.cancel()
+        job = self._jobs.pop(environment, None)
+        if job is not None:
+            if job.timer is not None:
+                job.timer.cancel()
+            self._answer_exit(environment, job, reason)
+        elif environment.init_duration is None and self._queue:
+            # Init failed: the error is the answer to one invocation, the one
+            # this init was for. The next queued one gets a fresh init.
+            self._answer_init_failure(environment, self._queue.popleft(), reason)
+        elif environment.init_error is not None:
+            self.log.error(
+                "environment #{index} failed to initialise: {error}",
+                index=environment.index,
+                error=environment.init_error[1].decode("utf-8", "replace"),
+            )
+        if environment.state is not State.STOPPING and not self._stopping:
+            self.log.info(
+                "environment #{index} (pid {pid}) exited: {reason}",
+                index=environment.index,
+                pid=environment.pid,
+                reason=reason,
+            )
+        environment.ended().addCallback(lambda _: self._release(environment))
+
+    def _answer_exit(self, environment: ExecutionEnvironment, job: _Job, reason: str) -> None:
+        message = (
+            f"RequestId: {job.invocation.request_id} Error: Runtime exited with error: {reason}"
+        )
+        self._finish(
+            environment,
+            job,
+            Outcome.RUNTIME_EXIT,
+            error_body("Runtime.ExitError", message),
+            "Runtime.ExitError",
+        )
+
+    def _answer_init_failure(
+        self, environment: ExecutionEnvironment, job: _Job, reason: str
+    ) -> None:
+        if environment.init_error is not None:
+            error_type, body = environment.init_error
+            self._finish(environment, job, Outcome.INIT_ERROR, body, error_type)
+        else:
+            self._answer_exit(environment, job, reason)
+
+    def _release(self, environment: ExecutionEnvironment) -> None:
+        if self._environments.get(environment.index) is environment:
+            del self._environments[environment.index]
+        if self._drained is not None:
+            self._check_drained()
+        else:
+            self._spawn_as_needed()
+
+    # Spawning and reaping
+
+    def _spawn_as_needed(self) -> None:
+        starting = sum(
+            1 for each in self._environments.values() if each.state is State.STARTING
+        )
+        wanted = len(self._queue) - starting
+        while wanted > 0 and len(self._environments) < self._config.max_concurrency:
+            self._spawn()
+            wanted -= 1
+
+    def _spawn(self) -> None:
+        index = next(i for i in range(self._config.max_concurrency) if i not in self._environments)
+        environment = self._make_environment(
+            index, self._config, self, self._reactor, self._output
+        )
+        self._environments[index] = environment
+        Deferred.fromCoroutine(environment.start()).addErrback(
+            self._start_failed, environment
+        )
+
+    def _start_failed(self, failure: Failure, environment: ExecutionEnvironment) -> None:
+        self.log.failure(
+            "environment #{index} could not be started", failure, index=environment.index
+        )
+        environment.state = State.DEAD
+        if self._queue:
+            self._answer_exit(environment, self._queue.popleft(), str(failure.value))
+        environment.close().addCallback(lambda _: self._release(environment))
+
+    def _arm_idle_timer(self, environment: ExecutionEnvironment, delay: float) -> None:
+        self._idle_timers[environment] = self._reactor.callLater(  # type: ignore[attr-defined]
+            delay, self._check_idle, environment
+        )
+
+    def _check_idle(self, environment: ExecutionEnvironment) -> None:
+        del self._idle_timers[environment]
+        if environment.state is State.DEAD or self._drained is not None:
+            return
+        if environment not in self._idle:
+            self._arm_idle_timer(environment, self._config.idle_timeout)
+            return
+        now: float = self._reactor.seconds()  # type: ignore[attr-defined]
+        left = environment.idle_since + self._config.idle_timeout - now
+        if left > 1e-6:
+            self._arm_idle_timer(environment, left)
+            return
+        self.log.info(
+            "environment #{index} idle for {seconds:.0f} s: stopping it",
+            index=environment.index,
+            seconds=now - environment.idle_since,
+        )
+        self._idle.remove(environment)
+        environment.terminate(KILL_GRACE)
+
+    # Shutdown
+
+    def stop(self) -> Deferred[None]:
+        """
+        Take no more invocations; let queued and running ones finish within the
+        shutdown timeout; then stop every runtime. Fires when all are gone.
+        """
+        if self._drained is None:
+            self._stopping = True
+            self._drained = Deferred()
+            for timer in self._idle_timers.values():
+                timer.cancel()
+            self._idle_timers.clear()
+            self._grace_timer = self._reactor.callLater(  # type: ignore[attr-defined]
+                self._config.shutdown_timeout, self._grace_expired
+            )
+            self._check_drained()
+        waiter: Deferred[None] = Deferred()
+        self._drained.addCallback(lambda _: waiter.callback(None))
+        return waiter
+
+    def _grace_expired(self) -> None:
+        self._grace_timer = None
+        queued, self._queue = self._queue, deque()
+        for job in queued:
+            if not job.result.called:
+                job.result.errback(ServiceUnavailable("the daemon shut down first"))
+        self._check_drained(force=True)
+
+    def _check_drained(self, force: bool = False) -> None:
+        assert self._drained is not None
+        if not force and (self._queue or self._jobs):
+            return
+        for environment in self._environments.values():
+            if environment.state is not State.STOPPING:
+                environment.terminate(KILL_GRACE)
+        if self._environments or self._drained.called:
+            return
+        if self._grace_timer is not None:
+            self._grace_timer.cancel()
+            self._grace_timer = None
+        self._drained.callback(None)

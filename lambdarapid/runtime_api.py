@@ -1,0 +1,119 @@
+"""
+The Lambda Runtime API, served to one runtime process.
+
+One L{RuntimeAPI} is bound to one execution environment and listens on that
+environment's own loopback port, so every call is known to come from it.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import TYPE_CHECKING
+
+from klein import Klein
+from twisted.internet.defer import Deferred
+from twisted.python.failure import Failure
+from twisted.web.server import Request
+
+from . import errors
+from .invocation import Invocation, Outcome
+from .web import BoundedRequest
+
+if TYPE_CHECKING:
+    from .environment import ExecutionEnvironment
+
+_JSON = b"application/json"
+_ERROR_TYPE = b"lambda-runtime-function-error-type"
+_RESPONSE_MODE = b"lambda-runtime-function-response-mode"
+_RESPONSE_MODES = (b"buffered", b"streaming")
+
+
+def _body(request: Request) -> bytes:
+    """The request's body, or the 413 AWS gives a runtime for one over 6 MB."""
+    assert isinstance(request, BoundedRequest)
+    if request.too_large:
+        raise errors.entity_too_large()
+    return request.body()
+
+
+def _error_document(request: Request, body: bytes) -> tuple[str | None, bytes]:
+    """The error type header and the body, built from the header when empty."""
+    raw_type = request.getHeader(_ERROR_TYPE)
+    error_type = raw_type.decode("utf-8", "replace") if raw_type else None
+    if not body.strip():
+        body = json.dumps(
+            {"errorMessage": error_type or "Unknown error", "errorType": error_type or "Unknown"}
+        ).encode()
+    return error_type, body
+
+
+class RuntimeAPI:
+    """next / response / error / init-error for one environment."""
+
+    app = Klein()
+
+    def __init__(self, environment: ExecutionEnvironment) -> None:
+        self._environment = environment
+
+    @app.route("/2018-06-01/runtime/invocation/next", methods=["GET"])
+    def next_invocation(self, request: Request) -> Deferred[bytes]:
+        waiting = self._environment.next_invocation()
+        return waiting.addCallback(self._send_event, request)
+
+    @staticmethod
+    def _send_event(invocation: Invocation, request: Request) -> bytes:
+        set_header = request.responseHeaders.setRawHeaders
+        set_header(b"content-type", [_JSON])
+        set_header(b"lambda-runtime-aws-request-id", [invocation.request_id.encode()])
+        set_header(
+            b"lambda-runtime-deadline-ms", [b"%d" % int((invocation.deadline or 0) * 1000)]
+        )
+        set_header(b"lambda-runtime-invoked-function-arn", [invocation.function_arn.encode()])
+        if invocation.trace_id:
+            set_header(b"lambda-runtime-trace-id", [invocation.trace_id.encode()])
+        if invocation.client_context:
+            set_header(b"lambda-runtime-client-context", [invocation.client_context.encode()])
+        if invocation.cognito_identity:
+            set_header(
+                b"lambda-runtime-cognito-identity", [invocation.cognito_identity.encode()]
+            )
+        if invocation.tenant_id:
+            set_header(b"lambda-runtime-aws-tenant-id", [invocation.tenant_id.encode()])
+        set_header(b"content-length", [b"%d" % len(invocation.payload)])
+        return invocation.payload
+
+    @app.route("/2018-06-01/runtime/invocation/<request_id>/response", methods=["POST"])
+    def invocation_response(self, request: Request, request_id: str) -> bytes:
+        mode = request.getHeader(_RESPONSE_MODE)
+        if mode is not None and mode.lower() not in _RESPONSE_MODES:
+            raise errors.invalid_response_mode(mode.decode("utf-8", "replace"))
+        self._environment.answer(request_id, Outcome.SUCCESS, _body(request))
+        return self._accepted(request)
+
+    @app.route("/2018-06-01/runtime/invocation/<request_id>/error", methods=["POST"])
+    def invocation_error(self, request: Request, request_id: str) -> bytes:
+        error_type, body = _error_document(request, _body(request))
+        self._environment.answer(request_id, Outcome.FUNCTION_ERROR, body, error_type)
+        return self._accepted(request)
+
+    @app.route("/2018-06-01/runtime/init/error", methods=["POST"])
+    def init_error(self, request: Request) -> bytes:
+        error_type, body = _error_document(request, _body(request))
+        self._environment.init_failed(error_type, body)
+        return self._accepted(request)
+
+    @staticmethod
+    def _accepted(request: Request) -> bytes:
+        request.setResponseCode(202)
+        request.responseHeaders.setRawHeaders(b"content-type", [_JSON])
+        request.responseHeaders.setRawHeaders(b"content-length", [b"15"])
+        return errors.ACCEPTED
+
+    @app.handle_errors(errors.APIError)
+    def api_error(self, request: Request, failure: Failure) -> bytes:
+        error = failure.value
+        assert isinstance(error, errors.APIError)
+        request.setResponseCode(error.status)
+        request.responseHeaders.setRawHeaders(b"content-type", [_JSON])
+        request.responseHeaders.setRawHeaders(b"content-length", [b"%d" % len(error.body)])
+        return error.body

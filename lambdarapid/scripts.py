@@ -1,0 +1,52 @@
+"""
+The C{lambda-rapid} and C{lambda-server} console scripts.
+
+They run the same services as the twistd plugins, in the foreground, without
+twistd's plugin discovery or pid file: what a container ENTRYPOINT (and a
+frozen executable) needs.
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import Any, Callable, Sequence
+
+from twisted.logger import globalLogBeginner, textFileLogObserver
+from twisted.python import usage
+
+
+def run(
+    name: str,
+    options: usage.Options,
+    make_service: Callable[[Any, Any], Any],
+    argv: Sequence[str],
+) -> None:
+    """Parse C{argv}, start the service on the global reactor, run until stopped."""
+    try:
+        options.parseOptions(list(argv))
+    except usage.UsageError as error:
+        print(f"{name}: {error}\n{name} --help lists the options.", file=sys.stderr)
+        raise SystemExit(2) from None
+
+    from twisted.internet import reactor
+
+    globalLogBeginner.beginLoggingTo([textFileLogObserver(sys.stdout)], redirectStandardIO=False)
+    service = make_service(options, reactor)
+    service.privilegedStartService()
+    service.startService()
+    reactor.addSystemEventTrigger("before", "shutdown", service.stopService)
+    reactor.run()  # type: ignore[attr-defined]
+
+
+def rapid(argv: Sequence[str] | None = None) -> None:
+    """C{lambda-rapid [RUNTIME_COMMAND ...]}: a drop-in for C{aws-lambda-rie}."""
+    from . import rapid_tap
+
+    run("lambda-rapid", rapid_tap.Options(), rapid_tap.makeService, sys.argv[1:] if argv is None else argv)
+
+
+def server(argv: Sequence[str] | None = None) -> None:
+    """C{lambda-server}: the Invoke API for every function, over AMQP-RPC."""
+    from . import server_tap
+
+    run("lambda-server", server_tap.Options(), server_tap.makeService, sys.argv[1:] if argv is None else argv)
