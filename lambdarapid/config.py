@@ -168,10 +168,9 @@ def _amqp_uri(environ: Mapping[str, str], default: str | None) -> str | None:
     if uri is None:
         return None
     # Imported here: the daemon without AMQP never needs pika's URL parser.
-    from .amqp.parameters import parse_amqp_uri
+    from .amqp.parameters import complete_amqp_uri
 
-    parse_amqp_uri(uri, environ)  # raises ConfigError naming AMQP_URI
-    return uri
+    return complete_amqp_uri(uri, environ)  # raises ConfigError naming AMQP_URI
 
 
 def handler_of(command: Sequence[str], environ: Mapping[str, str]) -> str:

@@ -63,7 +63,7 @@ def split_function_name(raw: str, qualifier: str | None) -> tuple[str, str | Non
     return name, derived or qualifier or None
 
 
-def _decode_client_context(raw: bytes) -> str:
+def decode_client_context(raw: bytes) -> str:
     """The decoded JSON of a base64 X-Amz-Client-Context header."""
     if len(raw) > errors.MAX_CLIENT_CONTEXT:
         raise errors.invalid_request_content(
@@ -151,7 +151,7 @@ class InvokeAPI:
             qualifier=qualifier,
             invocation_type=kind,
             tail_log=log_type == "Tail",
-            client_context=_decode_client_context(raw_context) if raw_context else None,
+            client_context=decode_client_context(raw_context) if raw_context else None,
             trace_id=_header(request, b"x-amzn-trace-id") or new_trace_id(now),
             tenant_id=_header(request, b"x-amz-tenant-id"),
             arrived=now,

@@ -13,17 +13,20 @@ from typing import Any, Callable, Mapping
 
 from twisted.application.internet import StreamServerEndpointService
 from twisted.application.service import MultiService
+from twisted.internet.defer import Deferred
 from twisted.internet.endpoints import serverFromString
 from twisted.logger import Logger
 from twisted.python import usage
 
-from . import logs
+from . import errors, logs
+from .amqp.connection import AMQPConnectionService
+from .amqp.consumer import RPCConsumer
+from .amqp.parameters import parse_amqp_uri
 from .config import ConfigError, RapidConfig, rapid_config
 from .invoke_api import InvokeAPI
 from .pool import Pool
 from .reaper import orphan_reaper
 from .web import QuietSite, bounded_request, tcp_description
-from . import errors
 
 ENVIRONMENT_HELP = """\
 Runs a Lambda function's runtime (its Runtime Interface Client) and serves
@@ -104,6 +107,8 @@ class RapidService(MultiService):
         super().__init__()
         self.config = config
         self.pool = pool
+        self.consumer: RPCConsumer | None = None
+        self.amqp: AMQPConnectionService | None = None
 
     def startService(self) -> None:
         config = self.config
@@ -118,12 +123,12 @@ class RapidService(MultiService):
 
     async def _stop(self) -> None:
         self.log.info("stopping: draining in-flight invocations")
+        if self.consumer is not None:
+            await self.consumer.stop_consuming()
         await self.pool.stop()
         await super().stopService()
 
-    def stopService(self) -> Any:
-        from twisted.internet.defer import Deferred
-
+    def stopService(self) -> Deferred[None]:
         return Deferred.fromCoroutine(self._stop())
 
 
@@ -138,6 +143,11 @@ def make_rapid_service(
     site = QuietSite(invoke_api.app.resource(), bounded_request(errors.MAX_SYNC_PAYLOAD))
     endpoint = serverFromString(reactor, tcp_description(config.invoke_host, config.port))
     StreamServerEndpointService(endpoint, site).setServiceParent(service)
+    if config.amqp_uri is not None:
+        service.amqp = AMQPConnectionService(parse_amqp_uri(config.amqp_uri), reactor)
+        service.consumer = RPCConsumer(pool, config.function, config.amqp_prefetch, reactor)
+        service.amqp.add_user(service.consumer)
+        service.amqp.setServiceParent(service)
     if os.getpid() == 1:
         orphan_reaper().setServiceParent(service)
     return service

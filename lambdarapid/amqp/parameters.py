@@ -25,13 +25,20 @@ def _with_credentials(uri: str, environ: Mapping[str, str]) -> str:
     return urlunsplit(parts._replace(netloc=netloc))
 
 
-def parse_amqp_uri(uri: str, environ: Mapping[str, str]) -> pika.URLParameters:
+def complete_amqp_uri(uri: str, environ: Mapping[str, str]) -> str:
+    """C{uri} with AMQP_USERNAME/AMQP_PASSWORD filled in; L{ConfigError} if malformed."""
+    complete = _with_credentials(uri, environ)
+    parse_amqp_uri(complete)
+    return complete
+
+
+def parse_amqp_uri(uri: str) -> pika.URLParameters:
     """pika connection parameters for C{uri}; L{ConfigError} if it is malformed."""
     scheme = urlsplit(uri).scheme
     if scheme not in ("amqp", "amqps"):
         raise ConfigError("AMQP_URI is not valid: it must start with amqp:// or amqps://")
     try:
-        return pika.URLParameters(_with_credentials(uri, environ))
+        return pika.URLParameters(uri)
     except Exception as error:  # pika raises a mix of ValueError and others
         # Never echo the URI: it may hold a password.
         raise ConfigError(f"AMQP_URI is not valid: {type(error).__name__}") from None

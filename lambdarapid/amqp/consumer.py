@@ -1,0 +1,178 @@
+"""
+The daemon's AMQP-RPC transport: deliveries from the function's queue become
+invocations of the pool; results go back to C{reply_to}.
+
+Wire-compatible with the upstream Go daemon: the queue is the function's name,
+declared non-durable, auto-delete, non-exclusive; the request id is the
+C{correlation_id}; the reply's body is what an HTTP caller would get, with
+C{X-Amz-Function-Error} and C{X-Amz-Log-Result} headers. A delivery is acked
+only once its reply is published, so a daemon that dies mid-invocation leaves
+the message to be redelivered to another.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pika
+from pika.adapters.twisted_connection import ClosableDeferredQueue, TwistedChannel
+from twisted.internet.defer import Deferred
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from .. import errors
+from ..config import Function
+from ..invocation import (
+    IInvoker,
+    Invocation,
+    InvocationType,
+    Result,
+    ServiceUnavailable,
+    TooManyRequests,
+    new_trace_id,
+)
+from ..invoke_api import decode_client_context
+from ..logs import observer
+from .messages import header_text, reply_properties
+
+
+class RPCConsumer:
+    """Consumes the function's queue into an invoker (the daemon's pool)."""
+
+    log = Logger(observer=observer)
+
+    def __init__(self, invoker: IInvoker, function: Function, prefetch: int, reactor: Any) -> None:
+        self._invoker = invoker
+        self._function = function
+        self._prefetch = prefetch
+        self._reactor = reactor
+        self._channel: TwistedChannel | None = None
+        self._consumer_tag: str | None = None
+
+    @property
+    def queue(self) -> str:
+        return self._function.name
+
+    async def connected(self, connection: Any) -> None:
+        channel = await connection.channel()
+        await channel.basic_qos(prefetch_count=self._prefetch)
+        await channel.queue_declare(
+            queue=self.queue, durable=False, auto_delete=True, exclusive=False
+        )
+        deliveries, self._consumer_tag = await channel.basic_consume(
+            queue=self.queue, auto_ack=False
+        )
+        self._channel = channel
+        Deferred.fromCoroutine(self._consume(channel, deliveries))
+        self.log.info("consuming AMQP queue {queue}", queue=self.queue)
+
+    def disconnected(self, reason: Failure) -> None:
+        self._channel = None
+        self._consumer_tag = None
+
+    async def stop_consuming(self) -> None:
+        """Take no more deliveries (on shutdown); those held are still answered."""
+        channel, tag = self._channel, self._consumer_tag
+        self._consumer_tag = None
+        if channel is not None and tag is not None and channel.is_open:
+            try:
+                await channel.basic_cancel(tag)
+            except Exception as error:  # the channel may close meanwhile
+                self.log.debug("basic.cancel failed: {error}", error=error)
+
+    async def _consume(self, channel: TwistedChannel, deliveries: ClosableDeferredQueue) -> None:
+        while True:
+            try:
+                message = await deliveries.get()
+            except Exception:
+                return  # channel closed or consumer cancelled
+            self._deliver(channel, message.method, message.properties, message.body)
+
+    def _invocation(self, properties: pika.BasicProperties, body: bytes) -> Invocation:
+        headers = properties.headers or {}
+        now: float = self._reactor.seconds()
+        context = header_text(headers, "X-Amz-Client-Context")
+        client_context = None
+        if context:
+            try:
+                client_context = decode_client_context(context.encode())
+            except errors.APIError:
+                self.log.warn(
+                    "ignoring the malformed client context of {id}",
+                    id=properties.correlation_id,
+                )
+        deadline = None
+        if properties.timestamp:
+            # AMQP timestamps are whole seconds: never start the clock before
+            # the message could have been sent.
+            deadline = min(now, float(properties.timestamp) + 1.0) + self._function.timeout
+        invocation = Invocation(
+            payload=body or b"{}",
+            function_arn=self._function.arn(),
+            function_name=self._function.name,
+            invocation_type=(
+                InvocationType.REQUEST_RESPONSE if properties.reply_to else InvocationType.EVENT
+            ),
+            tail_log=header_text(headers, "X-Amz-Log-Type") == "Tail",
+            client_context=client_context,
+            trace_id=header_text(headers, "X-Amzn-Trace-Id") or new_trace_id(now),
+            tenant_id=header_text(headers, "X-Amz-Tenant-Id"),
+            arrived=now,
+            deadline=deadline,
+        )
+        if properties.correlation_id:
+            invocation.request_id = properties.correlation_id
+        return invocation
+
+    def _deliver(
+        self,
+        channel: TwistedChannel,
+        method: Any,
+        properties: pika.BasicProperties,
+        body: bytes,
+    ) -> None:
+        invocation = self._invocation(properties, body)
+        self._invoker.invoke(invocation).addCallbacks(
+            self._answer,
+            self._refuse,
+            callbackArgs=(channel, method.delivery_tag, properties.reply_to),
+            errbackArgs=(channel, method.delivery_tag, invocation.request_id),
+        )
+
+    def _answer(
+        self, result: Result, channel: TwistedChannel, tag: int, reply_to: str | None
+    ) -> None:
+        if reply_to:
+            publisher = channel if channel.is_open else self._channel
+            if publisher is None or not publisher.is_open:
+                # The broker has requeued the request with our connection:
+                # whoever runs it again answers the caller.
+                self.log.warn(
+                    "no AMQP channel to reply to {id} on; the request will be redelivered",
+                    id=result.request_id,
+                )
+                return
+            publisher.basic_publish(
+                exchange="",
+                routing_key=reply_to,
+                body=result.body,
+                properties=reply_properties(result),
+            )
+        else:
+            self.log.info(
+                "Event invocation {id} finished: {outcome}",
+                id=result.request_id,
+                outcome=result.outcome.value,
+            )
+        if channel.is_open:
+            channel.basic_ack(delivery_tag=tag)
+
+    def _refuse(
+        self, failure: Failure, channel: TwistedChannel, tag: int, request_id: str
+    ) -> None:
+        if not failure.check(TooManyRequests, ServiceUnavailable):
+            self.log.failure("invocation {id} failed", failure, id=request_id)
+        if channel.is_open:
+            # Back to the queue, for another daemon (or us, later).
+            channel.basic_nack(delivery_tag=tag, requeue=True)
+

@@ -1,0 +1,184 @@
+"""
+The Lambda Server's invoker: an invocation becomes an AMQP-RPC request to the
+queue named after the function, answered through direct reply-to.
+
+Requests are published C{mandatory}, so one for a function nobody serves
+comes straight back (C{basic.return}) as a 404. The pending reply is
+registered before publishing, so even the fastest reply finds it. If the
+connection drops, pending requests are published again on the next one (their
+old reply-to died with the old channel): the first reply wins, and a caller is
+answered once.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from pika.adapters.twisted_connection import ClosableDeferredQueue, TwistedChannel
+from pika.exceptions import ChannelClosedByBroker, NackError, UnroutableError
+from twisted.internet.defer import Deferred, fail
+from twisted.internet.interfaces import IDelayedCall
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from zope.interface import implementer
+
+from ..invocation import (
+    FunctionNotFound,
+    IInvoker,
+    Invocation,
+    Outcome,
+    Result,
+    ServiceUnavailable,
+    error_body,
+)
+from ..logs import observer
+from .messages import DIRECT_REPLY_TO, request_properties, result_from_reply
+
+
+@dataclass(eq=False)
+class _Pending:
+    invocation: Invocation
+    result: Deferred[Result]
+    timer: IDelayedCall
+
+
+@implementer(IInvoker)
+class AMQPInvoker:
+    """Sends invocations to whichever daemon consumes the function's queue."""
+
+    log = Logger(observer=observer)
+
+    def __init__(self, reactor: Any, timeout: float) -> None:
+        self._reactor = reactor
+        self._timeout = timeout
+        self._pending: dict[str, _Pending] = {}
+        self._connection: Any = None
+        self._rpc: TwistedChannel | None = None
+        self._events: TwistedChannel | None = None
+
+    # AMQPUser
+
+    async def connected(self, connection: Any) -> None:
+        rpc = await connection.channel()
+        rpc.add_on_return_callback(self._returned)
+        replies, _ = await rpc.basic_consume(queue=DIRECT_REPLY_TO, auto_ack=True)
+        events = await connection.channel()
+        await events.confirm_delivery()
+        self._connection, self._rpc, self._events = connection, rpc, events
+        Deferred.fromCoroutine(self._receive(replies))
+        if self._pending:
+            self.log.info(
+                "publishing {n} pending request(s) again on the new connection",
+                n=len(self._pending),
+            )
+        for pending in self._pending.values():
+            self._publish(pending.invocation)
+
+    def disconnected(self, reason: Failure) -> None:
+        self._connection = self._rpc = self._events = None
+
+    # IInvoker
+
+    def invoke(self, invocation: Invocation) -> Deferred[Result]:
+        if self._rpc is None:
+            return fail(ServiceUnavailable("the AMQP broker is unavailable"))
+        request_id = invocation.request_id
+        result: Deferred[Result] = Deferred(lambda _: self._forget(request_id))
+        timer = self._reactor.callLater(self._timeout, self._timed_out, request_id)
+        # Registered before publishing: a reply can never beat its pending entry.
+        self._pending[request_id] = _Pending(invocation, result, timer)
+        self._publish(invocation)
+        return result
+
+    async def _accept_event(self, invocation: Invocation) -> None:
+        events = self._events
+        if events is None:
+            raise ServiceUnavailable("the AMQP broker is unavailable")
+        try:
+            await events.basic_publish(
+                exchange="",
+                routing_key=invocation.function_name,
+                body=invocation.payload,
+                properties=request_properties(invocation, reply_to=None),
+                mandatory=True,
+            )
+        except UnroutableError:
+            raise FunctionNotFound(invocation.function_arn) from None
+        except NackError:
+            raise ServiceUnavailable("the broker refused the event") from None
+        except Exception as error:
+            raise ServiceUnavailable(f"the event could not be queued: {error}") from None
+
+    def accept_event(self, invocation: Invocation) -> Deferred[None]:
+        return Deferred.fromCoroutine(self._accept_event(invocation))
+
+    async def _dry_run(self, invocation: Invocation) -> None:
+        connection = self._connection
+        if connection is None:
+            raise ServiceUnavailable("the AMQP broker is unavailable")
+        channel = await connection.channel()
+        try:
+            await channel.queue_declare(queue=invocation.function_name, passive=True)
+        except ChannelClosedByBroker:
+            raise FunctionNotFound(invocation.function_arn) from None
+        channel.close()
+
+    def dry_run(self, invocation: Invocation) -> Deferred[None]:
+        return Deferred.fromCoroutine(self._dry_run(invocation))
+
+    # Requests and replies
+
+    def _publish(self, invocation: Invocation) -> None:
+        rpc = self._rpc
+        if rpc is None:
+            return  # published again once reconnected
+        rpc.basic_publish(
+            exchange="",
+            routing_key=invocation.function_name,
+            body=invocation.payload,
+            properties=request_properties(invocation, reply_to=DIRECT_REPLY_TO),
+            mandatory=True,
+        )
+
+    async def _receive(self, replies: ClosableDeferredQueue) -> None:
+        while True:
+            try:
+                message = await replies.get()
+            except Exception:
+                return  # the channel closed; the next connection starts a new loop
+            pending = self._pending.pop(message.properties.correlation_id or "", None)
+            if pending is None:
+                continue  # a late or duplicate reply: its caller was answered
+            pending.timer.cancel()
+            pending.result.callback(result_from_reply(message.properties, message.body))
+
+    def _returned(self, message: Any) -> None:
+        pending = self._pending.pop(message.properties.correlation_id or "", None)
+        if pending is not None:
+            pending.timer.cancel()
+            pending.result.errback(FunctionNotFound(pending.invocation.function_arn))
+
+    def _timed_out(self, request_id: str) -> None:
+        pending = self._pending.pop(request_id, None)
+        if pending is None:
+            return
+        message = (
+            f"RequestId: {request_id} Error: Task timed out after {self._timeout:.2f} seconds"
+        )
+        self.log.warn("{message} (no reply from the function)", message=message)
+        pending.result.callback(
+            Result(
+                outcome=Outcome.TIMEOUT,
+                body=error_body("Sandbox.Timedout", message),
+                request_id=request_id,
+                error_type="Sandbox.Timedout",
+                duration=self._timeout,
+            )
+        )
+
+    def _forget(self, request_id: str) -> None:
+        """The caller went away: its reply, if any, will be dropped."""
+        pending = self._pending.pop(request_id, None)
+        if pending is not None and pending.timer.active():
+            pending.timer.cancel()

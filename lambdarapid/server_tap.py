@@ -1,0 +1,77 @@
+"""
+The Lambda Server's wiring: C{twistd lambda-server} and the C{lambda-server}
+script. The Invoke API for every function, as an HTTP to AMQP-RPC proxy: the
+function name in the URL is the routing key, RabbitMQ is the router.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any, Mapping
+
+from twisted.application.internet import StreamServerEndpointService
+from twisted.application.service import MultiService
+from twisted.internet.endpoints import serverFromString
+from twisted.python import usage
+
+from . import errors, logs
+from .amqp.connection import AMQPConnectionService
+from .amqp.invoker import AMQPInvoker
+from .amqp.parameters import parse_amqp_uri
+from .config import ConfigError, ServerConfig, server_config
+from .invoke_api import InvokeAPI
+from .web import QuietSite, bounded_request, tcp_description
+
+ENVIRONMENT_HELP = """\
+Serves the Lambda Invoke API for every function and forwards each invocation
+over AMQP-RPC to the daemons (lambda-rapid with AMQP_URI set) consuming the
+queue named after the function. Unknown functions answer 404 at once.
+
+Environment variables:
+  LOG_LEVEL                     PANIC FATAL ERROR WARNING INFO DEBUG TRACE (INFO)
+  INVOKE_API_HOST, PORT         where the Invoke API listens (0.0.0.0, 8080)
+  AMQP_URI                      the broker (amqp://guest:guest@localhost:5672
+                                ?connection_attempts=20&retry_delay=10&heartbeat=0)
+  AMQP_USERNAME, AMQP_PASSWORD  credentials missing from AMQP_URI
+  AWS_LAMBDA_FUNCTION_TIMEOUT   fail-safe seconds to wait for a reply (1800)
+  AWS_REGION                    region in ARNs (us-east-1)
+"""
+
+
+class Options(usage.Options):
+    """C{lambda-server}, configured by the environment."""
+
+    synopsis = ""
+    longdesc = ENVIRONMENT_HELP
+
+    def __init__(self, environ: Mapping[str, str] | None = None) -> None:
+        super().__init__()
+        self._environ = os.environ if environ is None else environ
+
+    def postOptions(self) -> None:
+        try:
+            self["config"] = server_config(self._environ)
+        except ConfigError as error:
+            raise SystemExit(f"lambda-server: {error}") from None
+
+
+def make_server_service(config: ServerConfig, reactor: Any) -> MultiService:
+    """The Lambda Server's services for C{config}, on C{reactor}."""
+    logs.set_level(config.log_level)
+    service = MultiService()
+    connection = AMQPConnectionService(parse_amqp_uri(config.amqp_uri), reactor)
+    invoker = AMQPInvoker(reactor, config.timeout)
+    connection.add_user(invoker)
+    connection.setServiceParent(service)
+    invoke_api = InvokeAPI(invoker, reactor, region=config.region)
+    site = QuietSite(invoke_api.app.resource(), bounded_request(errors.MAX_SYNC_PAYLOAD))
+    endpoint = serverFromString(reactor, tcp_description(config.invoke_host, config.port))
+    StreamServerEndpointService(endpoint, site).setServiceParent(service)
+    return service
+
+
+def makeService(options: Options, reactor: Any = None) -> MultiService:
+    """twistd's entry point."""
+    if reactor is None:
+        from twisted.internet import reactor
+    return make_server_service(options["config"], reactor)

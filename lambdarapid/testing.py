@@ -1,0 +1,427 @@
+"""
+Test a Lambda function with a real daemon, from your own trial tests.
+
+Start a daemon in-process around your runtime command, on free loopback
+ports, invoke it over real HTTP exactly as boto3 or curl would, and stop it
+when the test ends::
+
+    from twisted.trial.unittest import TestCase
+    from lambdarapid.testing import start_daemon
+
+    class EchoTests(TestCase):
+        async def test_echo(self) -> None:
+            daemon = await start_daemon(
+                ["python3", "-m", "awslambdaric", "app.handler"],
+                {**os.environ, "PYTHONPATH": TASK_ROOT},
+                AWS_LAMBDA_FUNCTION_TIMEOUT=5,
+            )
+            self.addCleanup(daemon.stop)
+            result = await daemon.invoke({"hello": "world"})
+            self.assertEqual(result.json(), {"hello": "world"})
+
+The runtime processes are real, so what is tested is what runs in the image:
+the handler's imports, its environment, its output, its exit.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import os
+import socket
+from dataclasses import dataclass, field
+from typing import Any, Mapping, Sequence
+from urllib.parse import quote
+
+from treq.client import HTTPClient
+from twisted.application.internet import StreamServerEndpointService
+from twisted.internet.defer import Deferred
+from twisted.internet.error import CannotListenError
+from twisted.internet.interfaces import IListeningPort, IStreamServerEndpoint
+from twisted.logger import Logger
+from twisted.web.client import Agent, HTTPConnectionPool
+from twisted.web.http_headers import Headers
+from zope.interface import implementer
+
+from .config import DAEMON_VARIABLES, RapidConfig, rapid_config
+from .rapid_tap import RapidService, make_rapid_service
+
+__all__ = ["InvokeResult", "RunningDaemon", "start_daemon"]
+
+#: Settings C{start_daemon} takes as keywords besides the daemon's own: the
+#: function's identity, which the daemon also reads from its environment.
+FUNCTION_VARIABLES = frozenset(
+    {
+        "AWS_LAMBDA_FUNCTION_NAME",
+        "AWS_LAMBDA_FUNCTION_VERSION",
+        "AWS_LAMBDA_FUNCTION_MEMORY_SIZE",
+        "AWS_REGION",
+        "AWS_DEFAULT_REGION",
+        "LAMBDA_TASK_ROOT",
+        "_HANDLER",
+    }
+)
+SETTINGS = DAEMON_VARIABLES | FUNCTION_VARIABLES
+
+#: Ports start_daemon picks itself unless they are given as settings.
+_PICKED = ("INVOKE_API_HOST", "PORT", "RUNTIME_API_PORT")
+_LOOPBACK = "127.0.0.1"
+_LISTEN_ATTEMPTS = 5
+
+
+def _setting_value(value: object) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return str(value)
+
+
+def _settings_environ(settings: Mapping[str, object]) -> dict[str, str]:
+    """Keyword settings as environment variables; unknown names are a TypeError."""
+    environ: dict[str, str] = {}
+    for name, value in settings.items():
+        variable = name.upper() if name != "_handler" else "_HANDLER"
+        if variable not in SETTINGS:
+            raise TypeError(
+                f"start_daemon() got an unknown setting {name!r}; "
+                f"expected one of {', '.join(sorted(SETTINGS))}"
+            )
+        environ[variable] = _setting_value(value)
+    return environ
+
+
+def _free_port(host: str = _LOOPBACK) -> int:
+    """A port nothing listens on right now (the kernel's pick for port 0)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.bind((host, 0))
+        port: int = probe.getsockname()[1]
+        return port
+
+
+def _free_block(count: int, host: str = _LOOPBACK) -> int:
+    """
+    The first of C{count} consecutive free ports: runtime I{i} listens on
+    C{RUNTIME_API_PORT + i}. (Should one be taken by the time it listens, the
+    environment falls back to another free port, so this need not be exact.)
+    """
+    for _ in range(50):
+        first = _free_port(host)
+        if first + count - 1 > 65535:
+            continue
+        probes: list[socket.socket] = []
+        try:
+            for port in range(first, first + count):
+                probe = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+                probes.append(probe)
+                probe.bind((host, port))
+        except OSError:
+            continue
+        finally:
+            for probe in probes:
+                probe.close()
+        return first
+    raise RuntimeError(f"found no block of {count} free ports on {host}")
+
+
+@implementer(IStreamServerEndpoint)
+class _WatchedEndpoint:
+    """
+    An endpoint that tells start_daemon where the Invoke API listens, or why
+    it could not: a taken port becomes an exception to retry, not a logged
+    error and a daemon that answers nothing.
+    """
+
+    def __init__(self, endpoint: IStreamServerEndpoint) -> None:
+        self._endpoint = endpoint
+        self.listening: Deferred[IListeningPort] = Deferred()
+
+    def listen(self, factory: Any) -> Deferred[IListeningPort | None]:
+        attempt: Deferred[IListeningPort | None] = self._endpoint.listen(factory)
+
+        def listened(port: IListeningPort) -> IListeningPort:
+            self.listening.callback(port)
+            return port
+
+        def failed(failure: Any) -> None:
+            self.listening.errback(failure)
+            return None  # the service then has no port to stop
+
+        return attempt.addCallbacks(listened, failed)
+
+
+@dataclass(frozen=True)
+class InvokeResult:
+    """
+    What an Invoke API call answered, as boto3 would read it: the status, the
+    payload bytes and the headers botocore turns into C{FunctionError},
+    C{LogResult} and C{ExecutedVersion}.
+    """
+
+    status: int
+    payload: bytes
+    #: Response headers, names lower-cased, repeated values joined by ", ".
+    headers: Mapping[str, str] = field(default_factory=dict)
+
+    def json(self) -> Any:
+        """The payload parsed as JSON."""
+        return json.loads(self.payload)
+
+    @property
+    def function_error(self) -> str | None:
+        """C{Unhandled} when the function failed, timed out or exited; else None."""
+        return self.headers.get("x-amz-function-error")
+
+    @property
+    def log_result(self) -> str | None:
+        """The decoded C{X-Amz-Log-Result}: the invocation's log tail (with C{log_type="Tail"})."""
+        raw = self.headers.get("x-amz-log-result")
+        if raw is None:
+            return None
+        try:
+            return base64.b64decode(raw, validate=True).decode("utf-8", "replace")
+        except binascii.Error:
+            return raw
+
+    @property
+    def executed_version(self) -> str | None:
+        return self.headers.get("x-amz-executed-version")
+
+    @property
+    def request_id(self) -> str | None:
+        return self.headers.get("x-amzn-requestid")
+
+    @property
+    def error_type(self) -> str | None:
+        """An Invoke API error's C{x-amzn-ErrorType} (404, 413, 429...); None for a run."""
+        return self.headers.get("x-amzn-errortype")
+
+
+def _encode_payload(payload: object) -> bytes:
+    if isinstance(payload, bytes):
+        return payload
+    if isinstance(payload, str):
+        return payload.encode("utf-8")
+    return json.dumps(payload).encode("utf-8")
+
+
+def _encode_client_context(context: Mapping[str, Any] | str | bytes) -> bytes:
+    """A mapping is JSON-encoded then base64-ed; strings are sent as they are."""
+    if isinstance(context, bytes):
+        return context
+    if isinstance(context, str):
+        return context.encode("ascii")
+    return base64.b64encode(json.dumps(context).encode("utf-8"))
+
+
+class RunningDaemon:
+    """
+    A daemon started by L{start_daemon}: its address, its output so far, and
+    C{invoke}/C{stop}.
+    """
+
+    _log = Logger()
+
+    def __init__(self, config: RapidConfig, reactor: Any) -> None:
+        self.config = config
+        self._reactor = reactor
+        self._output = bytearray()
+        self._output_waiters: list[tuple[bytes, Deferred[None]]] = []
+        self.service: RapidService = make_rapid_service(config, reactor, self._received)
+        self._endpoint = self._watch_invoke_endpoint()
+        self._pool = HTTPConnectionPool(reactor, persistent=True)
+        self._http = HTTPClient(Agent(reactor, pool=self._pool))
+        self._stopped: Deferred[None] | None = None
+        self.port = config.port
+
+    def _watch_invoke_endpoint(self) -> _WatchedEndpoint:
+        for child in self.service:
+            if isinstance(child, StreamServerEndpointService):
+                watched = _WatchedEndpoint(child.endpoint)
+                child.endpoint = watched
+                return watched
+        raise RuntimeError("make_rapid_service built no listening service")
+
+    async def _start(self) -> None:
+        self.service.startService()
+        port = await self._endpoint.listening
+        self.port = port.getHost().port
+
+    # What the daemon wrote
+
+    def _received(self, data: bytes) -> None:
+        """The daemon's output callable: runtime logs and reports."""
+        self._output += data
+        self._log.debug("{output}", output=data.decode("utf-8", "replace").rstrip("\n"))
+        for waiter in list(self._output_waiters):
+            needle, waiting = waiter
+            if needle in self._output:
+                self._output_waiters.remove(waiter)
+                waiting.callback(None)
+
+    @property
+    def output(self) -> bytes:
+        """
+        Everything written so far: the runtimes' stdout and stderr, and with
+        PRINT_REPORTS the START/END/REPORT lines (what the real daemon prints).
+        """
+        return bytes(self._output)
+
+    def wait_for_output(self, needle: bytes, timeout: float = 5.0) -> Deferred[None]:
+        """
+        Fire once C{needle} has been written; fail with C{TimeoutError} after
+        C{timeout} seconds. A runtime's log lines may arrive just after the
+        answer they came before, since pipes and sockets are read in turn.
+        """
+        if needle in self._output:
+            waiting: Deferred[None] = Deferred()
+            waiting.callback(None)
+            return waiting
+
+        def cancelled(d: Deferred[None]) -> None:
+            self._output_waiters[:] = [w for w in self._output_waiters if w[1] is not d]
+
+        waiting = Deferred(cancelled)
+        self._output_waiters.append((needle, waiting))
+
+        def timed_out(failure: Any) -> Any:
+            from twisted.internet.defer import CancelledError, TimeoutError
+
+            if failure.check(CancelledError, TimeoutError):
+                raise TimeoutError(
+                    f"{needle!r} not in the daemon's output after {timeout} s; "
+                    f"output so far: {self.output[-2000:]!r}"
+                )
+            return failure
+
+        return waiting.addTimeout(timeout, self._reactor).addErrback(timed_out)
+
+    # Invoking
+
+    @property
+    def url(self) -> str:
+        """The Invoke API's base URL: boto3's C{endpoint_url}."""
+        return f"http://{self.config.invoke_host}:{self.port}"
+
+    def invoke(
+        self,
+        payload: object = b"{}",
+        *,
+        invocation_type: str = "RequestResponse",
+        log_type: str | None = None,
+        client_context: Mapping[str, Any] | str | bytes | None = None,
+        qualifier: str | None = None,
+        function_name: str | None = None,
+        headers: Mapping[str, str] | None = None,
+    ) -> Deferred[InvokeResult]:
+        """
+        C{POST /2015-03-31/functions/{function_name}/invocations} over HTTP.
+
+        C{payload} is sent as is when bytes, UTF-8 encoded when a string, and
+        as JSON otherwise. C{client_context} is a mapping to send as base64
+        JSON (or a string sent verbatim, to test bad ones). C{function_name}
+        defaults to the RIE's C{function}. Invoke API errors (404, 413, 429)
+        are results too: check C{status}. Cancelling the Deferred hangs up,
+        as a caller that gives up does.
+        """
+        name = function_name if function_name is not None else "function"
+        url = f"{self.url}/2015-03-31/functions/{quote(name, safe=':')}/invocations"
+        if qualifier is not None:
+            url += f"?Qualifier={quote(qualifier, safe='')}"
+        sent = Headers({b"content-type": [b"application/json"]})
+        sent.setRawHeaders(b"x-amz-invocation-type", [invocation_type.encode()])
+        if log_type is not None:
+            sent.setRawHeaders(b"x-amz-log-type", [log_type.encode()])
+        if client_context is not None:
+            sent.setRawHeaders(b"x-amz-client-context", [_encode_client_context(client_context)])
+        for key, value in (headers or {}).items():
+            sent.setRawHeaders(key.encode("latin-1"), [value.encode("latin-1")])
+        return Deferred.fromCoroutine(self._invoke(url, _encode_payload(payload), sent))
+
+    async def _invoke(self, url: str, body: bytes, headers: Headers) -> InvokeResult:
+        response = await self._http.post(url, data=body, headers=headers)
+        content: bytes = await response.content()
+        received = {
+            name.decode("latin-1").lower(): ", ".join(v.decode("latin-1") for v in values)
+            for name, values in response.headers.getAllRawHeaders()
+        }
+        return InvokeResult(status=response.code, payload=content, headers=received)
+
+    # Stopping
+
+    def stop(self) -> Deferred[None]:
+        """
+        Stop as on SIGTERM: refuse new invocations, let in-flight ones finish
+        (within SHUTDOWN_TIMEOUT), stop the runtimes, close our connections.
+        Safe to call twice, so it suits C{addCleanup}.
+        """
+        if self._stopped is None:
+            self._stopped = Deferred.fromCoroutine(self._stop())
+        waiter: Deferred[None] = Deferred()
+
+        def passed_on(result: Any) -> Any:
+            waiter.callback(None) if not hasattr(result, "check") else waiter.errback(result)
+            return result
+
+        self._stopped.addBoth(passed_on)
+        return waiter
+
+    async def _stop(self) -> None:
+        try:
+            if self.service.running:
+                await self.service.stopService()
+        finally:
+            for needle, waiting in self._output_waiters:
+                waiting.cancel()
+            await self._pool.closeCachedConnections()
+
+
+async def start_daemon(
+    command: Sequence[str],
+    environ: Mapping[str, str] | None = None,
+    reactor: Any = None,
+    **settings: object,
+) -> RunningDaemon:
+    """
+    Start a daemon running C{command} (the runtime, as C{aws-lambda-rie}
+    takes it) in this process, and return once its Invoke API listens.
+
+    C{environ} is the whole environment the daemon reads, as its own process
+    environment would be (default: C{os.environ}); the runtime gets it minus
+    the daemon's settings. Keyword C{settings} override it by variable name
+    (C{MAX_CONCURRENCY=4}, C{print_reports=True}); unknown names are a
+    TypeError. The Invoke API listens on a free port on 127.0.0.1 and the
+    runtimes' Runtime API on a free block of ports, unless C{PORT},
+    C{RUNTIME_API_PORT} or C{INVOKE_API_HOST} are given as settings.
+
+    A bad setting raises L{lambdarapid.config.ConfigError}, as the daemon
+    would refuse to start. Runtimes are spawned on the first invocation.
+    """
+    if reactor is None:
+        from twisted.internet import reactor as global_reactor
+
+        reactor = global_reactor
+    given = _settings_environ(settings)
+    base = {key: value for key, value in (os.environ if environ is None else environ).items()}
+    base.update(given)
+    for attempt in range(_LISTEN_ATTEMPTS):
+        daemon_environ = dict(base)
+        daemon_environ.setdefault("INVOKE_API_HOST", _LOOPBACK)
+        if "INVOKE_API_HOST" not in given:
+            daemon_environ["INVOKE_API_HOST"] = _LOOPBACK
+        if "PORT" not in given:
+            daemon_environ["PORT"] = str(_free_port())
+        if "RUNTIME_API_PORT" not in given:
+            # Validates every setting once with placeholder ports, and tells
+            # how many Runtime API ports the block needs.
+            wanted = rapid_config(command, {**daemon_environ, "RUNTIME_API_PORT": "9001"})
+            daemon_environ["RUNTIME_API_PORT"] = str(_free_block(wanted.max_concurrency))
+        daemon = RunningDaemon(rapid_config(command, daemon_environ), reactor)
+        try:
+            await daemon._start()
+        except CannotListenError:
+            await daemon.stop()
+            if "PORT" in given or attempt == _LISTEN_ATTEMPTS - 1:
+                raise
+            continue
+        return daemon
+    raise AssertionError("unreachable")
