@@ -129,7 +129,7 @@ class ExecutionEnvironment(ProcessProtocol):
     async def start(self) -> None:
         """Listen for the runtime, then spawn it; fails if neither can be done."""
         self._port = await self._listen()
-        self.runtime_port = self._port.getHost().port
+        self.runtime_port = self._port.getHost().port  # type: ignore[attr-defined]
         self._spawn()
 
     async def _listen(self) -> IListeningPort:

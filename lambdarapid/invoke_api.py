@@ -11,11 +11,12 @@ from __future__ import annotations
 import base64
 import binascii
 import json
-from typing import Any
+from typing import Any, Callable
 
 from klein import Klein
 from twisted.internet.defer import Deferred
 from twisted.python.failure import Failure
+from twisted.web.iweb import IRequest
 from twisted.web.server import Request
 
 from . import errors
@@ -102,11 +103,15 @@ class InvokeAPI:
         reactor: Any,
         function: Function | None = None,
         region: str = "us-east-1",
+        openfaas: bool = False,
+        ready: Callable[[], bool] = lambda: True,
     ) -> None:
         self._invoker = invoker
         self._reactor = reactor
         self._function = function
         self._region = function.region if function is not None else region
+        self._openfaas = openfaas and function is not None
+        self._ready = ready
 
     def _arn(self, name: str, qualifier: str | None) -> str:
         arn = f"arn:aws:lambda:{self._region}:{ACCOUNT_ID}:function:{name}"
@@ -171,6 +176,47 @@ class InvokeAPI:
             )
         return self._invoker.invoke(invocation).addCallback(self._respond, request)
 
+    # OpenFaaS watchdog emulation (ENABLE_OPENFAAS=true)
+
+    @app.route("/_/health", methods=["GET"])
+    @app.route("/_/ready", methods=["GET"])
+    def health(self, request: Request) -> bytes:
+        """200 while the daemon can serve; 503 while it cannot (draining, broker down)."""
+        self._require_openfaas()
+        if self._ready():
+            return b"OK"
+        request.setResponseCode(503)
+        return b"Service Unavailable"
+
+    @app.route("/")
+    def openfaas_invoke(self, request: Request) -> Deferred[bytes]:
+        """The watchdog's function route: the body is the event, the result the body."""
+        self._require_openfaas()
+        function = self._function
+        assert function is not None and isinstance(request, BoundedRequest)
+        if request.too_large:
+            raise errors.request_too_large(errors.MAX_SYNC_PAYLOAD)
+        now: float = self._reactor.seconds()
+        invocation = Invocation(
+            payload=request.body() or b"{}",
+            function_arn=function.arn(),
+            function_name=function.name,
+            trace_id=_header(request, b"x-amzn-trace-id") or new_trace_id(now),
+            arrived=now,
+        )
+        return self._invoker.invoke(invocation).addCallback(self._respond_openfaas, request)
+
+    def _require_openfaas(self) -> None:
+        if not self._openfaas:
+            raise errors.not_found_route()
+
+    @classmethod
+    def _respond_openfaas(cls, result: Result, request: Request) -> bytes:
+        body = cls._respond(result, request)
+        if result.outcome.is_error:
+            request.setResponseCode(500)
+        return body
+
     @staticmethod
     def _empty(_: object, request: Request, status: int) -> bytes:
         request.setResponseCode(status)
@@ -191,25 +237,25 @@ class InvokeAPI:
         return result.body
 
     @app.handle_errors(errors.APIError)
-    def api_error(self, request: Request, failure: Failure) -> bytes:
+    def api_error(self, request: IRequest, failure: Failure) -> bytes:
         error = failure.value
         assert isinstance(error, errors.APIError)
         return self._error(request, error)
 
     @app.handle_errors(FunctionNotFound)
-    def not_found(self, request: Request, failure: Failure) -> bytes:
+    def not_found(self, request: IRequest, failure: Failure) -> bytes:
         return self._error(request, errors.function_not_found(str(failure.value)))
 
     @app.handle_errors(TooManyRequests)
-    def too_many(self, request: Request, failure: Failure) -> bytes:
+    def too_many(self, request: IRequest, failure: Failure) -> bytes:
         return self._error(request, errors.too_many_requests())
 
     @app.handle_errors(ServiceUnavailable)
-    def unavailable(self, request: Request, failure: Failure) -> bytes:
+    def unavailable(self, request: IRequest, failure: Failure) -> bytes:
         return self._error(request, errors.service_unavailable(str(failure.value)))
 
     @staticmethod
-    def _error(request: Request, error: errors.APIError) -> bytes:
+    def _error(request: Any, error: errors.APIError) -> bytes:
         request.setResponseCode(error.status)
         headers = request.responseHeaders
         headers.setRawHeaders(b"content-type", [_JSON])

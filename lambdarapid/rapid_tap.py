@@ -11,10 +11,8 @@ import os
 import sys
 from typing import Any, Callable, Mapping
 
-from twisted.application.internet import StreamServerEndpointService
 from twisted.application.service import MultiService
 from twisted.internet.defer import Deferred
-from twisted.internet.endpoints import serverFromString
 from twisted.logger import Logger
 from twisted.python import usage
 
@@ -26,7 +24,7 @@ from .config import ConfigError, RapidConfig, rapid_config
 from .invoke_api import InvokeAPI
 from .pool import Pool
 from .reaper import orphan_reaper
-from .web import QuietSite, bounded_request, tcp_description
+from .web import ListenerService, QuietSite, bounded_request
 
 ENVIRONMENT_HELP = """\
 Runs a Lambda function's runtime (its Runtime Interface Client) and serves
@@ -110,6 +108,14 @@ class RapidService(MultiService):
         self.consumer: RPCConsumer | None = None
         self.amqp: AMQPConnectionService | None = None
 
+    def ready(self) -> bool:
+        """Whether the daemon can take invocations: running, not draining, broker up if used."""
+        return (
+            self.running
+            and self.pool.accepting
+            and (self.amqp is None or self.amqp.connected)
+        )
+
     def startService(self) -> None:
         config = self.config
         self.log.info(
@@ -139,10 +145,17 @@ def make_rapid_service(
     logs.set_level(config.log_level)
     pool = Pool(config, reactor, output)
     service = RapidService(config, pool)
-    invoke_api = InvokeAPI(pool, reactor, config.function)
+    invoke_api = InvokeAPI(
+        pool,
+        reactor,
+        config.function,
+        openfaas=config.enable_openfaas,
+        ready=service.ready,
+    )
     site = QuietSite(invoke_api.app.resource(), bounded_request(errors.MAX_SYNC_PAYLOAD))
-    endpoint = serverFromString(reactor, tcp_description(config.invoke_host, config.port))
-    StreamServerEndpointService(endpoint, site).setServiceParent(service)
+    ListenerService(reactor, config.invoke_host, config.port, site, "lambda-rapid").setServiceParent(
+        service
+    )
     if config.amqp_uri is not None:
         service.amqp = AMQPConnectionService(parse_amqp_uri(config.amqp_uri), reactor)
         service.consumer = RPCConsumer(pool, config.function, config.amqp_prefetch, reactor)

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING
 from klein import Klein
 from twisted.internet.defer import Deferred
 from twisted.python.failure import Failure
+from twisted.web.iweb import IRequest
 from twisted.web.server import Request
 
 from . import errors
@@ -110,9 +111,9 @@ class RuntimeAPI:
         return errors.ACCEPTED
 
     @app.handle_errors(errors.APIError)
-    def api_error(self, request: Request, failure: Failure) -> bytes:
+    def api_error(self, request: IRequest, failure: Failure) -> bytes:
         error = failure.value
-        assert isinstance(error, errors.APIError)
+        assert isinstance(error, errors.APIError) and isinstance(request, Request)
         request.setResponseCode(error.status)
         request.responseHeaders.setRawHeaders(b"content-type", [_JSON])
         request.responseHeaders.setRawHeaders(b"content-length", [b"%d" % len(error.body)])

@@ -9,9 +9,7 @@ from __future__ import annotations
 import os
 from typing import Any, Mapping
 
-from twisted.application.internet import StreamServerEndpointService
 from twisted.application.service import MultiService
-from twisted.internet.endpoints import serverFromString
 from twisted.python import usage
 
 from . import errors, logs
@@ -20,7 +18,7 @@ from .amqp.invoker import AMQPInvoker
 from .amqp.parameters import parse_amqp_uri
 from .config import ConfigError, ServerConfig, server_config
 from .invoke_api import InvokeAPI
-from .web import QuietSite, bounded_request, tcp_description
+from .web import ListenerService, QuietSite, bounded_request
 
 ENVIRONMENT_HELP = """\
 Serves the Lambda Invoke API for every function and forwards each invocation
@@ -65,8 +63,9 @@ def make_server_service(config: ServerConfig, reactor: Any) -> MultiService:
     connection.setServiceParent(service)
     invoke_api = InvokeAPI(invoker, reactor, region=config.region)
     site = QuietSite(invoke_api.app.resource(), bounded_request(errors.MAX_SYNC_PAYLOAD))
-    endpoint = serverFromString(reactor, tcp_description(config.invoke_host, config.port))
-    StreamServerEndpointService(endpoint, site).setServiceParent(service)
+    ListenerService(reactor, config.invoke_host, config.port, site, "lambda-server").setServiceParent(
+        service
+    )
     return service
 
 

@@ -31,15 +31,17 @@ import json
 import os
 import socket
 from dataclasses import dataclass, field
-from typing import Any, Mapping, Sequence
+from typing import Any, Mapping, Sequence, cast
 from urllib.parse import quote
 
 from treq.client import HTTPClient
 from twisted.application.internet import StreamServerEndpointService
 from twisted.internet.defer import Deferred
+from twisted.internet.address import IPv4Address
 from twisted.internet.error import CannotListenError
 from twisted.internet.interfaces import IListeningPort, IStreamServerEndpoint
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 from twisted.web.client import Agent, HTTPConnectionPool
 from twisted.web.http_headers import Headers
 from zope.interface import implementer
@@ -47,7 +49,14 @@ from zope.interface import implementer
 from .config import DAEMON_VARIABLES, RapidConfig, rapid_config
 from .rapid_tap import RapidService, make_rapid_service
 
-__all__ = ["InvokeResult", "RunningDaemon", "start_daemon"]
+__all__ = [
+    "InvokeClient",
+    "InvokeResult",
+    "RunningDaemon",
+    "free_port",
+    "free_port_block",
+    "start_daemon",
+]
 
 #: Settings C{start_daemon} takes as keywords besides the daemon's own: the
 #: function's identity, which the daemon also reads from its environment.
@@ -64,10 +73,9 @@ FUNCTION_VARIABLES = frozenset(
 )
 SETTINGS = DAEMON_VARIABLES | FUNCTION_VARIABLES
 
-#: Ports start_daemon picks itself unless they are given as settings.
-_PICKED = ("INVOKE_API_HOST", "PORT", "RUNTIME_API_PORT")
 _LOOPBACK = "127.0.0.1"
 _LISTEN_ATTEMPTS = 5
+_PENDING = object()
 
 
 def _setting_value(value: object) -> str:
@@ -90,7 +98,7 @@ def _settings_environ(settings: Mapping[str, object]) -> dict[str, str]:
     return environ
 
 
-def _free_port(host: str = _LOOPBACK) -> int:
+def free_port(host: str = _LOOPBACK) -> int:
     """A port nothing listens on right now (the kernel's pick for port 0)."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
         probe.bind((host, 0))
@@ -98,14 +106,14 @@ def _free_port(host: str = _LOOPBACK) -> int:
         return port
 
 
-def _free_block(count: int, host: str = _LOOPBACK) -> int:
+def free_port_block(count: int, host: str = _LOOPBACK) -> int:
     """
     The first of C{count} consecutive free ports: runtime I{i} listens on
     C{RUNTIME_API_PORT + i}. (Should one be taken by the time it listens, the
     environment falls back to another free port, so this need not be exact.)
     """
     for _ in range(50):
-        first = _free_port(host)
+        first = free_port(host)
         if first + count - 1 > 65535:
             continue
         probes: list[socket.socket] = []
@@ -135,18 +143,18 @@ class _WatchedEndpoint:
         self._endpoint = endpoint
         self.listening: Deferred[IListeningPort] = Deferred()
 
-    def listen(self, factory: Any) -> Deferred[IListeningPort | None]:
-        attempt: Deferred[IListeningPort | None] = self._endpoint.listen(factory)
+    def listen(self, factory: Any) -> Deferred[IListeningPort]:
+        attempt: Deferred[IListeningPort] = self._endpoint.listen(factory)
 
         def listened(port: IListeningPort) -> IListeningPort:
             self.listening.callback(port)
             return port
 
-        def failed(failure: Any) -> None:
+        def failed(failure: Failure) -> None:
             self.listening.errback(failure)
-            return None  # the service then has no port to stop
+            return None  # the service then has no port to stop, and logs nothing
 
-        return attempt.addCallbacks(listened, failed)
+        return cast("Deferred[IListeningPort]", attempt.addCallbacks(listened, failed))
 
 
 @dataclass(frozen=True)
@@ -213,6 +221,73 @@ def _encode_client_context(context: Mapping[str, Any] | str | bytes) -> bytes:
     return base64.b64encode(json.dumps(context).encode("utf-8"))
 
 
+class InvokeClient:
+    """
+    An Invoke API caller over real HTTP, for any daemon: one started by
+    L{start_daemon}, or one running elsewhere (a container under test).
+
+    It keeps connections open between calls, as SDKs do; L{close} them when done.
+    """
+
+    def __init__(self, url: str, reactor: Any = None) -> None:
+        if reactor is None:
+            from twisted.internet import reactor as global_reactor
+
+            reactor = global_reactor
+        self.url = url.rstrip("/")
+        self._pool = HTTPConnectionPool(reactor, persistent=True)
+        self._http = HTTPClient(Agent(reactor, pool=self._pool))
+
+    def invoke(
+        self,
+        payload: object = b"{}",
+        *,
+        invocation_type: str = "RequestResponse",
+        log_type: str | None = None,
+        client_context: Mapping[str, Any] | str | bytes | None = None,
+        qualifier: str | None = None,
+        function_name: str | None = None,
+        headers: Mapping[str, str] | None = None,
+    ) -> Deferred[InvokeResult]:
+        """
+        C{POST /2015-03-31/functions/{function_name}/invocations}.
+
+        C{payload} is sent as is when bytes, UTF-8 encoded when a string, and
+        as JSON otherwise. C{client_context} is a mapping to send as base64
+        JSON (or a string sent verbatim, to test bad ones). C{function_name}
+        defaults to the RIE's C{function}. Invoke API errors (404, 413, 429,
+        503) are results too: check C{status}. Cancelling the Deferred hangs
+        up, as a caller that gives up does.
+        """
+        name = function_name if function_name is not None else "function"
+        url = f"{self.url}/2015-03-31/functions/{quote(name, safe=':')}/invocations"
+        if qualifier is not None:
+            url += f"?Qualifier={quote(qualifier, safe='')}"
+        sent = Headers({b"content-type": [b"application/json"]})
+        sent.setRawHeaders(b"x-amz-invocation-type", [invocation_type.encode()])
+        if log_type is not None:
+            sent.setRawHeaders(b"x-amz-log-type", [log_type.encode()])
+        if client_context is not None:
+            sent.setRawHeaders(b"x-amz-client-context", [_encode_client_context(client_context)])
+        for key, value in (headers or {}).items():
+            sent.setRawHeaders(key.encode("latin-1"), [value.encode("latin-1")])
+        return Deferred.fromCoroutine(self._invoke(url, _encode_payload(payload), sent))
+
+    async def _invoke(self, url: str, body: bytes, headers: Headers) -> InvokeResult:
+        response = await self._http.post(url, data=body, headers=headers)
+        content: bytes = await response.content()
+        received = {
+            name.decode("latin-1").lower(): ", ".join(v.decode("latin-1") for v in values)
+            for name, values in response.headers.getAllRawHeaders()
+        }
+        return InvokeResult(status=response.code, payload=content, headers=received)
+
+    def close(self) -> Deferred[None]:
+        """Close the kept-open connections (trial fails a test that leaves them)."""
+        closed: Deferred[None] = self._pool.closeCachedConnections()
+        return closed
+
+
 class RunningDaemon:
     """
     A daemon started by L{start_daemon}: its address, its output so far, and
@@ -228,9 +303,10 @@ class RunningDaemon:
         self._output_waiters: list[tuple[bytes, Deferred[None]]] = []
         self.service: RapidService = make_rapid_service(config, reactor, self._received)
         self._endpoint = self._watch_invoke_endpoint()
-        self._pool = HTTPConnectionPool(reactor, persistent=True)
-        self._http = HTTPClient(Agent(reactor, pool=self._pool))
-        self._stopped: Deferred[None] | None = None
+        self.client = InvokeClient(f"http://{_LOOPBACK}:{config.port}", reactor)
+        self._stopping: Deferred[None] | None = None
+        self._stop_outcome: object = _PENDING
+        self._stop_waiters: list[Deferred[None]] = []
         self.port = config.port
 
     def _watch_invoke_endpoint(self) -> _WatchedEndpoint:
@@ -244,7 +320,13 @@ class RunningDaemon:
     async def _start(self) -> None:
         self.service.startService()
         port = await self._endpoint.listening
-        self.port = port.getHost().port
+        self.port = cast(IPv4Address, port.getHost()).port
+        host = self.config.invoke_host
+        if host in ("0.0.0.0", "::", ""):
+            host = _LOOPBACK
+        elif ":" in host:
+            host = f"[{host}]"
+        self.client.url = f"http://{host}:{self.port}"
 
     # What the daemon wrote
 
@@ -300,51 +382,11 @@ class RunningDaemon:
     @property
     def url(self) -> str:
         """The Invoke API's base URL: boto3's C{endpoint_url}."""
-        return f"http://{self.config.invoke_host}:{self.port}"
+        return self.client.url
 
-    def invoke(
-        self,
-        payload: object = b"{}",
-        *,
-        invocation_type: str = "RequestResponse",
-        log_type: str | None = None,
-        client_context: Mapping[str, Any] | str | bytes | None = None,
-        qualifier: str | None = None,
-        function_name: str | None = None,
-        headers: Mapping[str, str] | None = None,
-    ) -> Deferred[InvokeResult]:
-        """
-        C{POST /2015-03-31/functions/{function_name}/invocations} over HTTP.
-
-        C{payload} is sent as is when bytes, UTF-8 encoded when a string, and
-        as JSON otherwise. C{client_context} is a mapping to send as base64
-        JSON (or a string sent verbatim, to test bad ones). C{function_name}
-        defaults to the RIE's C{function}. Invoke API errors (404, 413, 429)
-        are results too: check C{status}. Cancelling the Deferred hangs up,
-        as a caller that gives up does.
-        """
-        name = function_name if function_name is not None else "function"
-        url = f"{self.url}/2015-03-31/functions/{quote(name, safe=':')}/invocations"
-        if qualifier is not None:
-            url += f"?Qualifier={quote(qualifier, safe='')}"
-        sent = Headers({b"content-type": [b"application/json"]})
-        sent.setRawHeaders(b"x-amz-invocation-type", [invocation_type.encode()])
-        if log_type is not None:
-            sent.setRawHeaders(b"x-amz-log-type", [log_type.encode()])
-        if client_context is not None:
-            sent.setRawHeaders(b"x-amz-client-context", [_encode_client_context(client_context)])
-        for key, value in (headers or {}).items():
-            sent.setRawHeaders(key.encode("latin-1"), [value.encode("latin-1")])
-        return Deferred.fromCoroutine(self._invoke(url, _encode_payload(payload), sent))
-
-    async def _invoke(self, url: str, body: bytes, headers: Headers) -> InvokeResult:
-        response = await self._http.post(url, data=body, headers=headers)
-        content: bytes = await response.content()
-        received = {
-            name.decode("latin-1").lower(): ", ".join(v.decode("latin-1") for v in values)
-            for name, values in response.headers.getAllRawHeaders()
-        }
-        return InvokeResult(status=response.code, payload=content, headers=received)
+    def invoke(self, payload: object = b"{}", **options: Any) -> Deferred[InvokeResult]:
+        """L{InvokeClient.invoke} on this daemon."""
+        return self.client.invoke(payload, **options)
 
     # Stopping
 
@@ -354,16 +396,28 @@ class RunningDaemon:
         (within SHUTDOWN_TIMEOUT), stop the runtimes, close our connections.
         Safe to call twice, so it suits C{addCleanup}.
         """
-        if self._stopped is None:
-            self._stopped = Deferred.fromCoroutine(self._stop())
+        if self._stopping is None:
+            self._stopping = Deferred.fromCoroutine(self._stop())
+            self._stopping.addBoth(self._stop_done)
         waiter: Deferred[None] = Deferred()
-
-        def passed_on(result: Any) -> Any:
-            waiter.callback(None) if not hasattr(result, "check") else waiter.errback(result)
-            return result
-
-        self._stopped.addBoth(passed_on)
+        if self._stop_outcome is _PENDING:
+            self._stop_waiters.append(waiter)
+        else:
+            self._fire(waiter)
         return waiter
+
+    def _stop_done(self, outcome: None | Failure) -> None:
+        self._stop_outcome = outcome
+        waiters, self._stop_waiters = self._stop_waiters, []
+        for waiter in waiters:
+            self._fire(waiter)
+
+    def _fire(self, waiter: Deferred[None]) -> None:
+        outcome = self._stop_outcome
+        if isinstance(outcome, Failure):
+            waiter.errback(outcome)
+        else:
+            waiter.callback(None)
 
     async def _stop(self) -> None:
         try:
@@ -372,7 +426,7 @@ class RunningDaemon:
         finally:
             for needle, waiting in self._output_waiters:
                 waiting.cancel()
-            await self._pool.closeCachedConnections()
+            await self.client.close()
 
 
 async def start_daemon(
@@ -405,16 +459,15 @@ async def start_daemon(
     base.update(given)
     for attempt in range(_LISTEN_ATTEMPTS):
         daemon_environ = dict(base)
-        daemon_environ.setdefault("INVOKE_API_HOST", _LOOPBACK)
         if "INVOKE_API_HOST" not in given:
             daemon_environ["INVOKE_API_HOST"] = _LOOPBACK
         if "PORT" not in given:
-            daemon_environ["PORT"] = str(_free_port())
+            daemon_environ["PORT"] = str(free_port())
         if "RUNTIME_API_PORT" not in given:
             # Validates every setting once with placeholder ports, and tells
             # how many Runtime API ports the block needs.
-            wanted = rapid_config(command, {**daemon_environ, "RUNTIME_API_PORT": "9001"})
-            daemon_environ["RUNTIME_API_PORT"] = str(_free_block(wanted.max_concurrency))
+            wanted = rapid_config(command, {**daemon_environ, "RUNTIME_API_PORT": "1"})
+            daemon_environ["RUNTIME_API_PORT"] = str(free_port_block(wanted.max_concurrency))
         daemon = RunningDaemon(rapid_config(command, daemon_environ), reactor)
         try:
             await daemon._start()

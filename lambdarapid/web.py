@@ -13,6 +13,9 @@ from __future__ import annotations
 import io
 from typing import Any, ClassVar
 
+from twisted.application.internet import StreamServerEndpointService
+from twisted.internet.endpoints import serverFromString
+from twisted.internet.error import CannotListenError
 from twisted.web.resource import IResource
 from twisted.web.server import Request, Site
 
@@ -46,11 +49,13 @@ class BoundedRequest(Request):
             self.too_large = True
             self.content = io.BytesIO()
             return
+        assert self.content is not None
         self.content.write(data)
 
     def body(self) -> bytes:
         """The whole body, read once."""
         content = self.content
+        assert content is not None
         if isinstance(content, io.BytesIO):
             return content.getvalue()
         content.seek(0)
@@ -88,3 +93,25 @@ def tcp_description(host: str, port: int) -> str:
     """A server endpoint description for C{host}:C{port}."""
     return f"tcp:{port}:interface={interface_string(host)}"
 
+
+
+class ListenerService(StreamServerEndpointService):
+    """
+    Listens at start, or stops the program with one line saying why: a daemon
+    that cannot take invocations must not look healthy.
+    """
+
+    _raiseSynchronously = True
+
+    def __init__(self, reactor: Any, host: str, port: int, site: Site, program: str) -> None:
+        super().__init__(serverFromString(reactor, tcp_description(host, port)), site)
+        self._where = f"{host}:{port}"
+        self._program = program
+
+    def privilegedStartService(self) -> None:
+        try:
+            super().privilegedStartService()
+        except CannotListenError as error:
+            raise SystemExit(
+                f"{self._program}: cannot listen on {self._where}: {error.socketError}"
+            ) from None
