@@ -27,7 +27,7 @@ from . import errors, proctree
 from .config import RapidConfig
 from .invocation import Invocation, Outcome
 from .logs import observer
-from .runtime_api import RuntimeAPI
+from .runtime_api import runtime_api_resource
 from .web import QuietSite, bounded_request, tcp_description
 
 #: How much of an invocation's output is kept for X-Amz-Log-Result.
@@ -107,6 +107,8 @@ class ExecutionEnvironment(ProcessProtocol):
         self.init_error: tuple[str | None, bytes] | None = None
         self.invocations = 0
         self.idle_since = 0.0
+        #: Set once we asked the runtime to stop: its exit is no news.
+        self.stop_requested = False
         self.runtime_port = config.runtime_port + index
         self.pid: int | None = None
         self._config = config
@@ -133,7 +135,7 @@ class ExecutionEnvironment(ProcessProtocol):
         self._spawn()
 
     async def _listen(self) -> IListeningPort:
-        site = QuietSite(RuntimeAPI(self).app.resource(), bounded_request(errors.MAX_RUNTIME_RESPONSE))
+        site = QuietSite(runtime_api_resource(self), bounded_request(errors.MAX_RUNTIME_RESPONSE))
         host = self._config.runtime_host
         try:
             port: IListeningPort = await serverFromString(
@@ -199,12 +201,14 @@ class ExecutionEnvironment(ProcessProtocol):
         """SIGKILL the runtime and everything it started."""
         if self.state is not State.DEAD and self.pid is not None:
             self.state = State.STOPPING
+            self.stop_requested = True
             proctree.signal_tree(self.pid, signal.SIGKILL)
 
     def terminate(self, grace: float) -> Deferred[None]:
         """SIGTERM the runtime's tree, SIGKILL it after C{grace} seconds; fires once it is gone."""
         if self.state is not State.DEAD and self.pid is not None:
             self.state = State.STOPPING
+            self.stop_requested = True
             proctree.signal_tree(self.pid, signal.SIGTERM)
             killer = self._reactor.callLater(grace, self.kill)  # type: ignore[attr-defined]
             self._on_ended.append(lambda: killer.cancel() if killer.active() else None)

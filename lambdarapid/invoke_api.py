@@ -11,6 +11,7 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+from urllib.parse import unquote
 from typing import Any, Callable
 
 from klein import Klein
@@ -25,13 +26,14 @@ from .invocation import (
     FunctionNotFound,
     IInvoker,
     Invocation,
+    InvokeError,
     InvocationType,
     Result,
     ServiceUnavailable,
     TooManyRequests,
     new_trace_id,
 )
-from .web import BoundedRequest
+from .web import BoundedRequest, FastRoutes
 
 _JSON = b"application/json"
 _INVOCATION_TYPES = {kind.value: kind for kind in InvocationType}
@@ -79,6 +81,19 @@ def decode_client_context(raw: bytes) -> str:
             "Client context must be a valid Base64-encoded JSON object."
         ) from None
     return decoded
+
+
+def as_api_error(error: BaseException) -> errors.APIError | None:
+    """The AWS error answer for an exception raised while invoking; None if unexpected."""
+    if isinstance(error, errors.APIError):
+        return error
+    if isinstance(error, FunctionNotFound):
+        return errors.function_not_found(str(error))
+    if isinstance(error, TooManyRequests):
+        return errors.too_many_requests()
+    if isinstance(error, ServiceUnavailable):
+        return errors.service_unavailable(str(error))
+    return None
 
 
 def _header(request: Request, name: bytes) -> str | None:
@@ -236,23 +251,12 @@ class InvokeAPI:
         headers.setRawHeaders(b"content-length", [b"%d" % len(result.body)])
         return result.body
 
-    @app.handle_errors(errors.APIError)
+    @app.handle_errors(errors.APIError, InvokeError)
     def api_error(self, request: IRequest, failure: Failure) -> bytes:
-        error = failure.value
-        assert isinstance(error, errors.APIError)
+        assert failure.value is not None
+        error = as_api_error(failure.value)
+        assert error is not None
         return self._error(request, error)
-
-    @app.handle_errors(FunctionNotFound)
-    def not_found(self, request: IRequest, failure: Failure) -> bytes:
-        return self._error(request, errors.function_not_found(str(failure.value)))
-
-    @app.handle_errors(TooManyRequests)
-    def too_many(self, request: IRequest, failure: Failure) -> bytes:
-        return self._error(request, errors.too_many_requests())
-
-    @app.handle_errors(ServiceUnavailable)
-    def unavailable(self, request: IRequest, failure: Failure) -> bytes:
-        return self._error(request, errors.service_unavailable(str(failure.value)))
 
     @staticmethod
     def _error(request: Any, error: errors.APIError) -> bytes:
@@ -264,3 +268,34 @@ class InvokeAPI:
             headers.setRawHeaders(name.encode(), [value.encode()])
         headers.setRawHeaders(b"content-length", [b"%d" % len(error.body)])
         return error.body
+
+
+_FUNCTIONS = b"/2015-03-31/functions/"
+_INVOCATIONS = b"/invocations"
+
+
+class InvokeAPIResource(FastRoutes):
+    """L{InvokeAPI} with the invoke route, the one on every invocation's path, served directly."""
+
+    def __init__(self, api: InvokeAPI) -> None:
+        super().__init__(api.app.resource())
+        self._api = api
+
+    def fast_route(self, request: Request) -> Callable[[Request], Any] | None:
+        path = request.path
+        if (
+            request.method == b"POST"
+            and path.startswith(_FUNCTIONS)
+            and path.endswith(_INVOCATIONS)
+            and len(path) > len(_FUNCTIONS) + len(_INVOCATIONS)
+        ):
+            return self._invoke
+        return None
+
+    def _invoke(self, request: Request) -> Deferred[bytes]:
+        name = unquote(request.path[len(_FUNCTIONS) : -len(_INVOCATIONS)].decode("utf-8", "replace"))
+        return self._api.invoke(request, name)
+
+    def error_body(self, request: Request, error: BaseException) -> bytes | None:
+        api_error = as_api_error(error)
+        return None if api_error is None else InvokeAPI._error(request, api_error)

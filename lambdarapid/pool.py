@@ -278,7 +278,7 @@ class Pool:
                 index=environment.index,
                 error=environment.init_error[1].decode("utf-8", "replace"),
             )
-        if environment.state is not State.STOPPING and not self._stopping:
+        if not environment.stop_requested:
             self.log.info(
                 "environment #{index} (pid {pid}) exited: {reason}",
                 index=environment.index,

@@ -21,7 +21,7 @@ from .amqp.connection import AMQPConnectionService
 from .amqp.consumer import RPCConsumer
 from .amqp.parameters import parse_amqp_uri
 from .config import ConfigError, RapidConfig, rapid_config
-from .invoke_api import InvokeAPI
+from .invoke_api import InvokeAPI, InvokeAPIResource
 from .pool import Pool
 from .reaper import orphan_reaper
 from .web import ListenerService, QuietSite, bounded_request
@@ -111,7 +111,7 @@ class RapidService(MultiService):
     def ready(self) -> bool:
         """Whether the daemon can take invocations: running, not draining, broker up if used."""
         return (
-            self.running
+            bool(self.running)
             and self.pool.accepting
             and (self.amqp is None or self.amqp.connected)
         )
@@ -152,7 +152,7 @@ def make_rapid_service(
         openfaas=config.enable_openfaas,
         ready=service.ready,
     )
-    site = QuietSite(invoke_api.app.resource(), bounded_request(errors.MAX_SYNC_PAYLOAD))
+    site = QuietSite(InvokeAPIResource(invoke_api), bounded_request(errors.MAX_SYNC_PAYLOAD))
     ListenerService(reactor, config.invoke_host, config.port, site, "lambda-rapid").setServiceParent(
         service
     )

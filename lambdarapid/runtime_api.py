@@ -8,7 +8,7 @@ environment's own loopback port, so every call is known to come from it.
 from __future__ import annotations
 
 import json
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, Callable
 
 from klein import Klein
 from twisted.internet.defer import Deferred
@@ -18,7 +18,7 @@ from twisted.web.server import Request
 
 from . import errors
 from .invocation import Invocation, Outcome
-from .web import BoundedRequest
+from .web import BoundedRequest, FastRoutes
 
 if TYPE_CHECKING:
     from .environment import ExecutionEnvironment
@@ -114,7 +114,51 @@ class RuntimeAPI:
     def api_error(self, request: IRequest, failure: Failure) -> bytes:
         error = failure.value
         assert isinstance(error, errors.APIError) and isinstance(request, Request)
-        request.setResponseCode(error.status)
-        request.responseHeaders.setRawHeaders(b"content-type", [_JSON])
-        request.responseHeaders.setRawHeaders(b"content-length", [b"%d" % len(error.body)])
-        return error.body
+        return _error_response(request, error)
+
+
+def _error_response(request: Request, error: errors.APIError) -> bytes:
+    """Status and headers for C{error}; its JSON body."""
+    request.setResponseCode(error.status)
+    request.responseHeaders.setRawHeaders(b"content-type", [_JSON])
+    request.responseHeaders.setRawHeaders(b"content-length", [b"%d" % len(error.body)])
+    return error.body
+
+
+_NEXT = b"/2018-06-01/runtime/invocation/next"
+_INVOCATION = b"/2018-06-01/runtime/invocation/"
+_RESPONSE = b"/response"
+
+
+class RuntimeAPIResource(FastRoutes):
+    """L{RuntimeAPI} with C{next} and C{response}, two of every invocation's three requests, served directly."""
+
+    def __init__(self, api: RuntimeAPI) -> None:
+        super().__init__(api.app.resource())
+        self._api = api
+
+    def fast_route(self, request: Request) -> Callable[[Request], Any] | None:
+        path = request.path
+        if path == _NEXT and request.method == b"GET":
+            return self._api.next_invocation
+        if (
+            path.endswith(_RESPONSE)
+            and path.startswith(_INVOCATION)
+            and request.method == b"POST"
+        ):
+            return self._response
+        return None
+
+    def _response(self, request: Request) -> bytes:
+        request_id = request.path[len(_INVOCATION) : -len(_RESPONSE)].decode("utf-8", "replace")
+        return self._api.invocation_response(request, request_id)
+
+    def error_body(self, request: Request, error: BaseException) -> bytes | None:
+        if isinstance(error, errors.APIError):
+            return _error_response(request, error)
+        return None
+
+
+def runtime_api_resource(environment: ExecutionEnvironment) -> RuntimeAPIResource:
+    """The Runtime API for C{environment}, as served."""
+    return RuntimeAPIResource(RuntimeAPI(environment))

@@ -17,7 +17,7 @@ from .amqp.connection import AMQPConnectionService
 from .amqp.invoker import AMQPInvoker
 from .amqp.parameters import parse_amqp_uri
 from .config import ConfigError, ServerConfig, server_config
-from .invoke_api import InvokeAPI
+from .invoke_api import InvokeAPI, InvokeAPIResource
 from .web import ListenerService, QuietSite, bounded_request
 
 ENVIRONMENT_HELP = """\
@@ -62,7 +62,7 @@ def make_server_service(config: ServerConfig, reactor: Any) -> MultiService:
     connection.add_user(invoker)
     connection.setServiceParent(service)
     invoke_api = InvokeAPI(invoker, reactor, region=config.region)
-    site = QuietSite(invoke_api.app.resource(), bounded_request(errors.MAX_SYNC_PAYLOAD))
+    site = QuietSite(InvokeAPIResource(invoke_api), bounded_request(errors.MAX_SYNC_PAYLOAD))
     ListenerService(reactor, config.invoke_host, config.port, site, "lambda-server").setServiceParent(
         service
     )
