@@ -1,0 +1,365 @@
+"""
+The Runtime API over HTTP, as a runtime sees it: a real execution environment
+(and pool) on a fake reactor, its own Site driven in memory.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from twisted.internet.defer import Deferred
+from twisted.trial.unittest import SynchronousTestCase
+from twisted.web.server import Site
+
+from lambdarapid.environment import ExecutionEnvironment, State
+from lambdarapid.errors import MAX_RUNTIME_RESPONSE
+from lambdarapid.invocation import Invocation, Outcome, Result
+from lambdarapid.pool import Pool
+
+from .fakes import InMemoryHTTP, Reply, fake_process_reactor, make_config
+
+NEXT = "/2018-06-01/runtime/invocation/next"
+INIT_ERROR = "/2018-06-01/runtime/init/error"
+#: A plausible epoch time for the fake clock, so deadlines look like real ones.
+NOW = 1_700_000_000.0
+
+
+def response_path(request_id: str) -> str:
+    return f"/2018-06-01/runtime/invocation/{request_id}/response"
+
+
+def error_path(request_id: str) -> str:
+    return f"/2018-06-01/runtime/invocation/{request_id}/error"
+
+
+class RuntimeAPITestCase(SynchronousTestCase):
+    """One environment of a pool, spoken to through its Runtime API."""
+
+    def setUp(self) -> None:
+        self.reactor = fake_process_reactor(self)
+        self.reactor.advance(NOW)
+        self.pool = Pool(make_config(timeout=3.0), self.reactor, lambda data: None)
+
+    def invoke(self, **fields: Any) -> tuple[Invocation, Deferred[Result]]:
+        """Invoke; the first invocation also starts the environment and its Runtime API."""
+        invocation = Invocation(payload=fields.pop("payload", b'{"k":"v"}'), **fields)
+        result = self.pool.invoke(invocation)
+        if not hasattr(self, "http"):
+            [self.environment] = self.pool.environments
+            [(port, site, _, interface)] = self.reactor.tcpServers
+            self.assertEqual((port, interface), (9001, "127.0.0.1"))
+            assert isinstance(site, Site)
+            self.http = InMemoryHTTP(site)
+        return invocation, result
+
+    def call(
+        self, method: str, path: str, body: bytes = b"", headers: dict[str, str] | None = None
+    ) -> Reply:
+        """A Runtime API call that is answered at once."""
+        return self.successResultOf(self.http.request(method, path, body, headers))
+
+    def next_event(self) -> Reply:
+        return self.call("GET", NEXT)
+
+    def assert_accepted(self, reply: Reply) -> None:
+        self.assertEqual(reply.code, 202)
+        self.assertEqual(reply.body, b'{"status":"OK"}')
+        self.assertEqual(reply.header("content-type"), "application/json")
+
+    def assert_error(self, reply: Reply, status: int, error_type: str) -> None:
+        self.assertEqual(reply.code, status)
+        self.assertEqual(reply.header("content-type"), "application/json")
+        document = reply.json()
+        self.assertEqual(document["errorType"], error_type)
+        self.assertIsInstance(document["errorMessage"], str)
+
+
+class NextTests(RuntimeAPITestCase):
+    """GET /next."""
+
+    def test_next_headers(self) -> None:
+        """next carries the event, its request id, deadline (epoch ms), ARN, trace id and client context."""
+        invocation, _ = self.invoke(
+            payload=b'{"hello":"world"}',
+            function_arn="arn:aws:lambda:us-east-1:012345678912:function:echo",
+            trace_id="Root=1-5759e988-bd862e3fe1be46a994272793;Sampled=1",
+            client_context='{"custom":{"a":"b"}}',
+            cognito_identity='{"cognitoIdentityId":"id"}',
+            tenant_id="tenant-1",
+        )
+        reply = self.next_event()
+        self.assertEqual(reply.code, 200)
+        self.assertEqual(reply.body, b'{"hello":"world"}')
+        self.assertEqual(reply.header("content-type"), "application/json")
+        self.assertEqual(reply.header("lambda-runtime-aws-request-id"), invocation.request_id)
+        self.assertEqual(reply.header("lambda-runtime-deadline-ms"), "1700000003000")
+        self.assertEqual(
+            reply.header("lambda-runtime-invoked-function-arn"),
+            "arn:aws:lambda:us-east-1:012345678912:function:echo",
+        )
+        self.assertEqual(
+            reply.header("lambda-runtime-trace-id"),
+            "Root=1-5759e988-bd862e3fe1be46a994272793;Sampled=1",
+        )
+        self.assertEqual(reply.header("lambda-runtime-client-context"), '{"custom":{"a":"b"}}')
+        self.assertEqual(
+            reply.header("lambda-runtime-cognito-identity"), '{"cognitoIdentityId":"id"}'
+        )
+        self.assertEqual(reply.header("lambda-runtime-aws-tenant-id"), "tenant-1")
+
+    def test_next_without_optional_context(self) -> None:
+        """next omits the client context, cognito and tenant headers when the caller sent none."""
+        self.invoke()
+        reply = self.next_event()
+        self.assertIsNone(reply.header("lambda-runtime-client-context"))
+        self.assertIsNone(reply.header("lambda-runtime-cognito-identity"))
+        self.assertIsNone(reply.header("lambda-runtime-aws-tenant-id"))
+
+    def test_next_waits_for_an_event(self) -> None:
+        """A next with nothing to run is answered once an invocation arrives."""
+        first, _ = self.invoke()
+        self.next_event()
+        self.assert_accepted(self.call("POST", response_path(first.request_id), b"1"))
+        waiting = self.http.request("GET", NEXT)
+        self.assertNoResult(waiting)
+        second, _ = self.invoke(payload=b"second")
+        self.http.flush()
+        reply = self.successResultOf(waiting)
+        self.assertEqual(reply.body, b"second")
+        self.assertEqual(reply.header("lambda-runtime-aws-request-id"), second.request_id)
+
+    def test_next_while_running_is_403(self) -> None:
+        """next before answering the current invocation is 403 InvalidStateTransition."""
+        self.invoke()
+        self.next_event()
+        self.assert_error(self.next_event(), 403, "InvalidStateTransition")
+
+
+class AnswerTests(RuntimeAPITestCase):
+    """POST /response and /error."""
+
+    def test_response_is_accepted_and_is_the_result(self) -> None:
+        """/response is 202 {"status":"OK"} and its body is the caller's result."""
+        invocation, result = self.invoke()
+        self.next_event()
+        reply = self.call("POST", response_path(invocation.request_id), b'{"answer":42}')
+        self.assert_accepted(reply)
+        outcome = self.successResultOf(result)
+        self.assertEqual((outcome.outcome, outcome.body), (Outcome.SUCCESS, b'{"answer":42}'))
+
+    def test_empty_response(self) -> None:
+        """An empty /response body is an empty result, not an error."""
+        invocation, result = self.invoke()
+        self.next_event()
+        self.assert_accepted(self.call("POST", response_path(invocation.request_id)))
+        self.assertEqual(self.successResultOf(result).body, b"")
+
+    def test_error_body_is_passed_verbatim(self) -> None:
+        """/error is 202 and the caller gets the runtime's error body byte for byte."""
+        invocation, result = self.invoke()
+        self.next_event()
+        body = b'{"errorMessage":"boom","errorType":"ValueError","requestId":"x","stackTrace":[]}'
+        reply = self.call(
+            "POST",
+            error_path(invocation.request_id),
+            body,
+            {
+                "Lambda-Runtime-Function-Error-Type": "ValueError",
+                "Lambda-Runtime-Function-XRay-Error-Cause": "{}",
+            },
+        )
+        self.assert_accepted(reply)
+        outcome = self.successResultOf(result)
+        self.assertEqual(
+            (outcome.outcome, outcome.body, outcome.error_type),
+            (Outcome.FUNCTION_ERROR, body, "ValueError"),
+        )
+
+    def test_error_without_body_is_built_from_header(self) -> None:
+        """/error with no body gives the caller a JSON error built from Lambda-Runtime-Function-Error-Type."""
+        invocation, result = self.invoke()
+        self.next_event()
+        reply = self.call(
+            "POST",
+            error_path(invocation.request_id),
+            headers={"Lambda-Runtime-Function-Error-Type": "Runtime.Crash"},
+        )
+        self.assert_accepted(reply)
+        outcome = self.successResultOf(result)
+        self.assertEqual(outcome.error_type, "Runtime.Crash")
+        document = json.loads(outcome.body)
+        self.assertEqual(document["errorType"], "Runtime.Crash")
+        self.assertIsInstance(document["errorMessage"], str)
+
+    def test_error_without_body_or_header(self) -> None:
+        """/error with neither body nor type header still gives a JSON error document."""
+        invocation, result = self.invoke()
+        self.next_event()
+        self.assert_accepted(self.call("POST", error_path(invocation.request_id)))
+        document = json.loads(self.successResultOf(result).body)
+        self.assertEqual(set(document), {"errorMessage", "errorType"})
+
+    def test_unknown_request_id_is_400(self) -> None:
+        """/response for an id not in flight is 400 InvalidRequestID."""
+        _, result = self.invoke()
+        self.next_event()
+        self.assert_error(
+            self.call("POST", response_path("not-an-id"), b"x"), 400, "InvalidRequestID"
+        )
+        self.assert_error(self.call("POST", error_path("not-an-id"), b"x"), 400, "InvalidRequestID")
+        self.assertNoResult(result)
+
+    def test_second_answer_is_403(self) -> None:
+        """A second /response or /error for the same id is 403 InvalidStateTransition."""
+        invocation, result = self.invoke()
+        self.next_event()
+        self.assert_accepted(self.call("POST", response_path(invocation.request_id), b"1"))
+        self.assert_error(
+            self.call("POST", response_path(invocation.request_id), b"2"),
+            403,
+            "InvalidStateTransition",
+        )
+        self.assert_error(
+            self.call("POST", error_path(invocation.request_id), b"3"),
+            403,
+            "InvalidStateTransition",
+        )
+        self.assertEqual(self.successResultOf(result).body, b"1")
+
+    def test_response_over_6_mb_is_413(self) -> None:
+        """A /response body over 6,291,556 bytes is 413 RequestEntityTooLarge; one of exactly that size is accepted."""
+        invocation, result = self.invoke()
+        self.next_event()
+        too_big = b"x" * (MAX_RUNTIME_RESPONSE + 1)
+        self.assert_error(
+            self.call("POST", response_path(invocation.request_id), too_big),
+            413,
+            "RequestEntityTooLarge",
+        )
+        self.assertNoResult(result)
+        just_right = b"y" * MAX_RUNTIME_RESPONSE
+        self.assert_accepted(self.call("POST", response_path(invocation.request_id), just_right))
+        self.assertEqual(len(self.successResultOf(result).body), MAX_RUNTIME_RESPONSE)
+
+    def test_bad_response_mode_is_400_and_does_not_wedge(self) -> None:
+        """A bad Lambda-Runtime-Function-Response-Mode is 400 and the runtime can still answer."""
+        invocation, result = self.invoke()
+        self.next_event()
+        reply = self.call(
+            "POST",
+            response_path(invocation.request_id),
+            b"x",
+            {"Lambda-Runtime-Function-Response-Mode": "sideways"},
+        )
+        self.assert_error(reply, 400, "InvalidFunctionResponseMode")
+        self.assertNoResult(result)
+        self.assertEqual(self.environment.state, State.BUSY)
+        self.assert_accepted(self.call("POST", response_path(invocation.request_id), b"fine"))
+        self.assertEqual(self.successResultOf(result).body, b"fine")
+        second, _ = self.invoke(payload=b"again")
+        self.assertEqual(self.next_event().body, b"again")
+
+    def test_buffered_response_mode_is_accepted(self) -> None:
+        """Lambda-Runtime-Function-Response-Mode: buffered is a normal response."""
+        invocation, result = self.invoke()
+        self.next_event()
+        self.assert_accepted(
+            self.call(
+                "POST",
+                response_path(invocation.request_id),
+                b"ok",
+                {"Lambda-Runtime-Function-Response-Mode": "buffered"},
+            )
+        )
+        self.assertEqual(self.successResultOf(result).body, b"ok")
+
+
+class InitErrorTests(RuntimeAPITestCase):
+    """POST /init/error."""
+
+    def test_init_error_during_init(self) -> None:
+        """/init/error before the first next is 202, and its body answers the invocation once the runtime exits."""
+        _, result = self.invoke()
+        body = b'{"errorMessage":"bad import","errorType":"Runtime.ImportModuleError"}'
+        reply = self.call(
+            "POST",
+            INIT_ERROR,
+            body,
+            {"Lambda-Runtime-Function-Error-Type": "Runtime.ImportModuleError"},
+        )
+        self.assert_accepted(reply)
+        self.assertNoResult(result)
+        self.reactor.process(self.environment.pid).exit(1)
+        outcome = self.successResultOf(result)
+        self.assertEqual(
+            (outcome.outcome, outcome.body, outcome.error_type),
+            (Outcome.INIT_ERROR, body, "Runtime.ImportModuleError"),
+        )
+
+    def test_init_error_without_body(self) -> None:
+        """/init/error with no body is built from the error type header."""
+        _, result = self.invoke()
+        self.assert_accepted(
+            self.call(
+                "POST", INIT_ERROR, headers={"Lambda-Runtime-Function-Error-Type": "Bad.Init"}
+            )
+        )
+        self.reactor.process(self.environment.pid).exit(1)
+        self.assertEqual(json.loads(self.successResultOf(result).body)["errorType"], "Bad.Init")
+
+    def test_init_error_outside_init_is_403(self) -> None:
+        """/init/error after the runtime has called next is 403 InvalidStateTransition."""
+        invocation, result = self.invoke()
+        self.next_event()
+        self.assert_error(self.call("POST", INIT_ERROR, b"{}"), 403, "InvalidStateTransition")
+        self.assertNoResult(result)
+        self.assert_accepted(self.call("POST", response_path(invocation.request_id), b"ok"))
+
+
+class EnvironmentWithoutPoolTests(SynchronousTestCase):
+    """The environment's Runtime API with a stub owner instead of a pool."""
+
+    def test_environment_listens_on_its_own_port(self) -> None:
+        """Environment i listens on RUNTIME_API_PORT + i, on the loopback interface."""
+        reactor = fake_process_reactor(self)
+        config = make_config(runtime_port=9100)
+
+        class Owner:
+            def environment_ready(self, environment: ExecutionEnvironment) -> None:
+                pass
+
+            def environment_answered(self, *args: object) -> None:
+                pass
+
+            def environment_exited(self, *args: object) -> None:
+                pass
+
+        environment = ExecutionEnvironment(3, config, Owner(), reactor, lambda data: None)
+        self.successResultOf(Deferred.fromCoroutine(environment.start()))
+        [(port, _, _, interface)] = reactor.tcpServers
+        self.assertEqual((port, interface), (9103, "127.0.0.1"))
+        [process] = reactor.processes
+        self.assertEqual(process.env["AWS_LAMBDA_RUNTIME_API"], "127.0.0.1:9103")
+        self.assertEqual(environment.state, State.STARTING)
+
+
+class HangUpTests(RuntimeAPITestCase):
+    """A runtime that hangs up its GET /next."""
+
+    def test_hung_up_next_is_not_given_an_event(self) -> None:
+        """After the runtime hangs up its next, an invocation waits for its next next instead of being lost."""
+        first, _ = self.invoke()
+        self.next_event()
+        self.assert_accepted(self.call("POST", response_path(first.request_id), b"1"))
+        waiting = self.http.request("GET", NEXT)
+        self.assertTrue(self.environment.waiting)
+        waiting.cancel()
+        self.http.flush()
+        self.failureResultOf(waiting)
+        self.assertFalse(self.environment.waiting)
+        second, result = self.invoke(payload=b"second")
+        self.assertEqual(self.pool.queued, 1)
+        reply = self.next_event()
+        self.assertEqual(reply.header("lambda-runtime-aws-request-id"), second.request_id)
+        self.assertNoResult(result)
