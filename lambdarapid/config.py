@@ -294,7 +294,11 @@ def server_config(environ: Mapping[str, str]) -> ServerConfig:
             1800.0,
             "a number of seconds > 0",
         ),
-        region=environ.get("AWS_REGION", "").strip() or "us-east-1",
+        region=(
+            environ.get("AWS_REGION", "").strip()
+            or environ.get("AWS_DEFAULT_REGION", "").strip()
+            or "us-east-1"
+        ),
         log_level=_get(environ, "LOG_LEVEL", _level, LogLevel.info, _LEVEL_NAMES),
     )
 

@@ -240,6 +240,8 @@ class ExecutionEnvironment(ProcessProtocol):
                 )
             # The runtime hung up an earlier GET /next and asks again.
         elif self.state is State.STARTING:
+            if self.init_error is not None:
+                raise errors.invalid_state_transition("next called after init/error")
             self.init_duration = self._reactor.seconds() - self._spawned_at  # type: ignore[attr-defined]
         else:  # STOPPING, DEAD: no more events, ever.
             return Deferred()

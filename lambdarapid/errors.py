@@ -112,5 +112,14 @@ def not_found_route() -> APIError:
     return _runtime_error(404, "NotFound", "No such route")
 
 
+#: What the caller gets when the function's response is over the limit.
+RESPONSE_TOO_LARGE = json.dumps(
+    {
+        "errorMessage": "Response payload size exceeded maximum allowed payload size "
+        f"({MAX_RUNTIME_RESPONSE} bytes).",
+        "errorType": "Function.ResponseSizeTooLarge",
+    }
+).encode()
+
 #: The Runtime API's 202 body: always JSON (the .NET RIC crashes on an empty one).
 ACCEPTED = b'{"status":"OK"}'

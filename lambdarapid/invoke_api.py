@@ -33,7 +33,7 @@ from .invocation import (
     TooManyRequests,
     new_trace_id,
 )
-from .web import BoundedRequest, FastRoutes
+from .web import FastRoutes, read_body
 
 _JSON = b"application/json"
 _INVOCATION_TYPES = {kind.value: kind for kind in InvocationType}
@@ -159,13 +159,13 @@ class InvokeAPI:
         if log_type not in ("None", "Tail"):
             raise errors.invalid_request_content(f"Invalid log type: {log_type}")
         raw_context = request.getHeader(b"x-amz-client-context")
-        assert isinstance(request, BoundedRequest)
         limit = errors.MAX_ASYNC_PAYLOAD if kind is InvocationType.EVENT else errors.MAX_SYNC_PAYLOAD
-        if request.too_large or request.body_length > limit:
+        payload = read_body(request, limit)
+        if payload is None:
             raise errors.request_too_large(limit)
         now: float = self._reactor.seconds()
         return Invocation(
-            payload=request.body() or b"{}",
+            payload=payload or b"{}",
             function_arn=arn,
             function_name=name,
             qualifier=qualifier,
@@ -208,12 +208,13 @@ class InvokeAPI:
         """The watchdog's function route: the body is the event, the result the body."""
         self._require_openfaas()
         function = self._function
-        assert function is not None and isinstance(request, BoundedRequest)
-        if request.too_large:
+        assert function is not None
+        payload = read_body(request, errors.MAX_SYNC_PAYLOAD)
+        if payload is None:
             raise errors.request_too_large(errors.MAX_SYNC_PAYLOAD)
         now: float = self._reactor.seconds()
         invocation = Invocation(
-            payload=request.body() or b"{}",
+            payload=payload or b"{}",
             function_arn=function.arn(),
             function_name=function.name,
             trace_id=_header(request, b"x-amzn-trace-id") or new_trace_id(now),

@@ -36,6 +36,9 @@ from .logs import observer
 
 #: How long a runtime gets between SIGTERM and SIGKILL when it is stopped.
 KILL_GRACE = 2.0
+#: Lambda's limit for the init phase; a longer function timeout extends it, as
+#: Lambda retries a slow init within the first invocation's timeout.
+INIT_TIMEOUT = 10.0
 
 EnvironmentFactory = Callable[
     [int, RapidConfig, EnvironmentOwner, object, Callable[[bytes], None]], ExecutionEnvironment
@@ -74,6 +77,7 @@ class Pool:
         self._idle: list[ExecutionEnvironment] = []
         self._jobs: dict[ExecutionEnvironment, _Job] = {}
         self._idle_timers: dict[ExecutionEnvironment, IDelayedCall] = {}
+        self._init_timers: dict[ExecutionEnvironment, IDelayedCall] = {}
         self._stopping = False
         self._drained: Deferred[None] | None = None
         self._grace_timer: IDelayedCall | None = None
@@ -235,6 +239,9 @@ class Pool:
     # What environments tell the pool
 
     def environment_ready(self, environment: ExecutionEnvironment) -> None:
+        init_timer = self._init_timers.pop(environment, None)
+        if init_timer is not None:
+            init_timer.cancel()
         if self._queue:
             self._run(environment, self._queue.popleft())
             return
@@ -260,9 +267,10 @@ class Pool:
     def environment_exited(self, environment: ExecutionEnvironment, reason: str) -> None:
         if environment in self._idle:
             self._idle.remove(environment)
-        timer = self._idle_timers.pop(environment, None)
-        if timer is not None:
-            timer.cancel()
+        for timers in (self._idle_timers, self._init_timers):
+            timer = timers.pop(environment, None)
+            if timer is not None:
+                timer.cancel()
         job = self._jobs.pop(environment, None)
         if job is not None:
             if job.timer is not None:
@@ -333,11 +341,27 @@ class Pool:
             index, self._config, self, self._reactor, self._output
         )
         self._environments[index] = environment
+        self._init_timers[environment] = self._reactor.callLater(  # type: ignore[attr-defined]
+            max(INIT_TIMEOUT, self._function.timeout), self._init_timed_out, environment
+        )
         Deferred.fromCoroutine(environment.start()).addErrback(
             self._start_failed, environment
         )
 
+    def _init_timed_out(self, environment: ExecutionEnvironment) -> None:
+        """A runtime that never asks for an event fails its init, like one that crashes."""
+        del self._init_timers[environment]
+        seconds = max(INIT_TIMEOUT, self._function.timeout)
+        message = f"Runtime init timed out after {seconds:.2f} seconds"
+        self.log.error("environment #{index}: {message}", index=environment.index, message=message)
+        if environment.init_error is None:
+            environment.init_error = ("Sandbox.Timedout", error_body("Sandbox.Timedout", message))
+        environment.kill()
+
     def _start_failed(self, failure: Failure, environment: ExecutionEnvironment) -> None:
+        init_timer = self._init_timers.pop(environment, None)
+        if init_timer is not None:
+            init_timer.cancel()
         self.log.failure(
             "environment #{index} could not be started", failure, index=environment.index
         )

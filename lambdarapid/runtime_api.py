@@ -18,7 +18,7 @@ from twisted.web.server import Request
 
 from . import errors
 from .invocation import Invocation, Outcome
-from .web import BoundedRequest, FastRoutes
+from .web import FastRoutes, read_body
 
 if TYPE_CHECKING:
     from .environment import ExecutionEnvironment
@@ -29,12 +29,9 @@ _RESPONSE_MODE = b"lambda-runtime-function-response-mode"
 _RESPONSE_MODES = (b"buffered", b"streaming")
 
 
-def _body(request: Request) -> bytes:
-    """The request's body, or the 413 AWS gives a runtime for one over 6 MB."""
-    assert isinstance(request, BoundedRequest)
-    if request.too_large:
-        raise errors.entity_too_large()
-    return request.body()
+def _body(request: Request) -> bytes | None:
+    """The request's body; None if it is over the 6 MB a runtime may post."""
+    return read_body(request, errors.MAX_RUNTIME_RESPONSE)
 
 
 def _error_document(request: Request, body: bytes) -> tuple[str | None, bytes]:
@@ -88,18 +85,33 @@ class RuntimeAPI:
         mode = request.getHeader(_RESPONSE_MODE)
         if mode is not None and mode.lower() not in _RESPONSE_MODES:
             raise errors.invalid_response_mode(mode.decode("utf-8", "replace"))
-        self._environment.answer(request_id, Outcome.SUCCESS, _body(request))
+        body = _body(request)
+        if body is None:
+            self._environment.answer(
+                request_id,
+                Outcome.FUNCTION_ERROR,
+                errors.RESPONSE_TOO_LARGE,
+                "Function.ResponseSizeTooLarge",
+            )
+            raise errors.entity_too_large()
+        self._environment.answer(request_id, Outcome.SUCCESS, body)
         return self._accepted(request)
 
     @app.route("/2018-06-01/runtime/invocation/<request_id>/error", methods=["POST"])
     def invocation_error(self, request: Request, request_id: str) -> bytes:
-        error_type, body = _error_document(request, _body(request))
+        body = _body(request)
+        if body is None:
+            raise errors.entity_too_large()
+        error_type, body = _error_document(request, body)
         self._environment.answer(request_id, Outcome.FUNCTION_ERROR, body, error_type)
         return self._accepted(request)
 
     @app.route("/2018-06-01/runtime/init/error", methods=["POST"])
     def init_error(self, request: Request) -> bytes:
-        error_type, body = _error_document(request, _body(request))
+        body = _body(request)
+        if body is None:
+            raise errors.entity_too_large()
+        error_type, body = _error_document(request, body)
         self._environment.init_failed(error_type, body)
         return self._accepted(request)
 

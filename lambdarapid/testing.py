@@ -5,14 +5,17 @@ Start a daemon in-process around your runtime command, on free loopback
 ports, invoke it over real HTTP exactly as boto3 or curl would, and stop it
 when the test ends::
 
+    import os
     from twisted.trial.unittest import TestCase
     from lambdarapid.testing import start_daemon
+
+    TASK_ROOT = os.path.dirname(os.path.abspath(__file__))
 
     class EchoTests(TestCase):
         async def test_echo(self) -> None:
             daemon = await start_daemon(
                 ["python3", "-m", "awslambdaric", "app.handler"],
-                {**os.environ, "PYTHONPATH": TASK_ROOT},
+                {**os.environ, "PYTHONPATH": TASK_ROOT, "LAMBDA_TASK_ROOT": TASK_ROOT},
                 AWS_LAMBDA_FUNCTION_TIMEOUT=5,
             )
             self.addCleanup(daemon.stop)
@@ -20,7 +23,12 @@ when the test ends::
             self.assertEqual(result.json(), {"hello": "world"})
 
 The runtime processes are real, so what is tested is what runs in the image:
-the handler's imports, its environment, its output, its exit.
+the handler's imports, its environment, its output, its exit. The runtime
+starts in the test's working directory (trial's C{_trial_temp}), and
+awslambdaric imports the handler's module by name from C{sys.path}: put the
+task root on C{PYTHONPATH}.
+
+L{InvokeClient} alone calls a daemon started some other way (a container).
 """
 
 from __future__ import annotations
@@ -36,13 +44,15 @@ from urllib.parse import quote
 
 from treq.client import HTTPClient
 from twisted.application.internet import StreamServerEndpointService
-from twisted.internet.defer import Deferred
+from twisted.internet import defer
+from twisted.internet.defer import CancelledError, Deferred
 from twisted.internet.address import IPv4Address
 from twisted.internet.error import CannotListenError
 from twisted.internet.interfaces import IListeningPort, IStreamServerEndpoint
 from twisted.logger import Logger
+from twisted.protocols.policies import WrappingFactory
 from twisted.python.failure import Failure
-from twisted.web.client import Agent, HTTPConnectionPool
+from twisted.web.client import Agent, HTTPConnectionPool, ResponseNeverReceived
 from twisted.web.http_headers import Headers
 from zope.interface import implementer
 
@@ -88,7 +98,7 @@ def _settings_environ(settings: Mapping[str, object]) -> dict[str, str]:
     """Keyword settings as environment variables; unknown names are a TypeError."""
     environ: dict[str, str] = {}
     for name, value in settings.items():
-        variable = name.upper() if name != "_handler" else "_HANDLER"
+        variable = name.upper()
         if variable not in SETTINGS:
             raise TypeError(
                 f"start_daemon() got an unknown setting {name!r}; "
@@ -131,20 +141,58 @@ def free_port_block(count: int, host: str = _LOOPBACK) -> int:
     raise RuntimeError(f"found no block of {count} free ports on {host}")
 
 
+class _TrackingFactory(WrappingFactory):
+    """
+    Keeps the Invoke API's connections, so that stopping can close the ones
+    callers keep alive (boto3 does): a daemon in a process would exit, and an
+    in-process one must not leave sockets behind in the reactor.
+    """
+
+    def __init__(self, wrapped: Any) -> None:
+        super().__init__(wrapped)
+        self._all_gone: list[Deferred[None]] = []
+
+    def unregisterProtocol(self, protocol: Any) -> None:
+        super().unregisterProtocol(protocol)
+        if not self.protocols:
+            waiters, self._all_gone = self._all_gone, []
+            for waiter in waiters:
+                waiter.callback(None)
+
+    async def close_all(self, reactor: Any, grace: float = 2.0) -> None:
+        """Hang up every connection; abort those still open after C{grace} seconds."""
+        if not self.protocols:
+            return
+        gone: Deferred[None] = Deferred()
+        self._all_gone.append(gone)
+        for protocol in list(self.protocols):
+            protocol.transport.loseConnection()
+        aborter = reactor.callLater(grace, self._abort_all)
+        await gone
+        if aborter.active():
+            aborter.cancel()
+
+    def _abort_all(self) -> None:
+        for protocol in list(self.protocols):
+            protocol.transport.abortConnection()
+
+
 @implementer(IStreamServerEndpoint)
 class _WatchedEndpoint:
     """
     An endpoint that tells start_daemon where the Invoke API listens, or why
-    it could not: a taken port becomes an exception to retry, not a logged
-    error and a daemon that answers nothing.
+    it could not (a taken port becomes an exception to retry, not a logged
+    error and a daemon that answers nothing), and keeps its connections.
     """
 
     def __init__(self, endpoint: IStreamServerEndpoint) -> None:
         self._endpoint = endpoint
         self.listening: Deferred[IListeningPort] = Deferred()
+        self.factory: _TrackingFactory | None = None
 
     def listen(self, factory: Any) -> Deferred[IListeningPort]:
-        attempt: Deferred[IListeningPort] = self._endpoint.listen(factory)
+        self.factory = _TrackingFactory(factory)
+        attempt: Deferred[IListeningPort] = self._endpoint.listen(self.factory)
 
         def listened(port: IListeningPort) -> IListeningPort:
             self.listening.callback(port)
@@ -274,12 +322,21 @@ class InvokeClient:
         return Deferred.fromCoroutine(self._invoke(url, _encode_payload(payload), sent))
 
     async def _invoke(self, url: str, body: bytes, headers: Headers) -> InvokeResult:
-        response = await self._http.post(url, data=body, headers=headers)
+        try:
+            response = await self._http.post(url, data=body, headers=headers)
+        except ResponseNeverReceived as error:
+            # What the Agent makes of a cancel: make it the CancelledError it was.
+            if any(reason.check(CancelledError) for reason in error.reasons):
+                raise CancelledError() from None
+            raise
         content: bytes = await response.content()
         received = {
             name.decode("latin-1").lower(): ", ".join(v.decode("latin-1") for v in values)
             for name, values in response.headers.getAllRawHeaders()
         }
+        if not received.get("content-encoding", "x"):
+            # treq's gzip support leaves an empty one the daemon never sent.
+            del received["content-encoding"]
         return InvokeResult(status=response.code, payload=content, headers=received)
 
     def close(self) -> Deferred[None]:
@@ -350,7 +407,7 @@ class RunningDaemon:
 
     def wait_for_output(self, needle: bytes, timeout: float = 5.0) -> Deferred[None]:
         """
-        Fire once C{needle} has been written; fail with C{TimeoutError} after
+        Fire once C{needle} has been written; fail with L{defer.TimeoutError} after
         C{timeout} seconds. A runtime's log lines may arrive just after the
         answer they came before, since pipes and sockets are read in turn.
         """
@@ -365,11 +422,9 @@ class RunningDaemon:
         waiting = Deferred(cancelled)
         self._output_waiters.append((needle, waiting))
 
-        def timed_out(failure: Any) -> Any:
-            from twisted.internet.defer import CancelledError, TimeoutError
-
-            if failure.check(CancelledError, TimeoutError):
-                raise TimeoutError(
+        def timed_out(failure: Failure) -> Any:
+            if failure.check(CancelledError, defer.TimeoutError):
+                raise defer.TimeoutError(
                     f"{needle!r} not in the daemon's output after {timeout} s; "
                     f"output so far: {self.output[-2000:]!r}"
                 )
@@ -423,6 +478,8 @@ class RunningDaemon:
         try:
             if self.service.running:
                 await self.service.stopService()
+            if self._endpoint.factory is not None:
+                await self._endpoint.factory.close_all(self._reactor)
         finally:
             for needle, waiting in self._output_waiters:
                 waiting.cancel()

@@ -83,10 +83,6 @@ class ReportLineTests(SynchronousTestCase):
             if printed.endswith(b".00"):
                 self.assertEqual(printed[:-3], billed, line)
 
-    test_billed_duration_agrees_with_printed_duration.todo = (  # type: ignore[attr-defined]
-        "BUG: reports.py report_line bills math.ceil of the raw float, so 1.1 - 1.0 s "
-        "prints 'Duration: 100.00 ms' but 'Billed Duration: 101 ms'"
-    )
 
     def test_unknown_memory_is_zero(self) -> None:
         """A result without a memory reading reports 0 MB used."""

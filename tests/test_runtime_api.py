@@ -228,7 +228,7 @@ class AnswerTests(RuntimeAPITestCase):
         self.assertEqual(self.successResultOf(result).body, b"1")
 
     def test_response_over_6_mb_is_413(self) -> None:
-        """A /response body over 6,291,556 bytes is 413 RequestEntityTooLarge; one of exactly that size is accepted."""
+        """A /response body over 6,291,556 bytes is 413 RequestEntityTooLarge and the caller gets Function.ResponseSizeTooLarge."""
         invocation, result = self.invoke()
         self.next_event()
         too_big = b"x" * (MAX_RUNTIME_RESPONSE + 1)
@@ -237,7 +237,14 @@ class AnswerTests(RuntimeAPITestCase):
             413,
             "RequestEntityTooLarge",
         )
-        self.assertNoResult(result)
+        answer = self.successResultOf(result)
+        self.assertEqual(answer.function_error, "Unhandled")
+        self.assertEqual(json.loads(answer.body)["errorType"], "Function.ResponseSizeTooLarge")
+
+    def test_response_of_exactly_6_mb_is_accepted(self) -> None:
+        """A /response body of exactly 6,291,556 bytes is accepted and passed on whole."""
+        invocation, result = self.invoke()
+        self.next_event()
         just_right = b"y" * MAX_RUNTIME_RESPONSE
         self.assert_accepted(self.call("POST", response_path(invocation.request_id), just_right))
         self.assertEqual(len(self.successResultOf(result).body), MAX_RUNTIME_RESPONSE)
