@@ -1,0 +1,4 @@
+# The handler function.sh's "handler": echo the event back.
+handler() {
+  echo "$1"
+}
