@@ -240,10 +240,12 @@ class InvokeResult:
 
     @property
     def executed_version(self) -> str | None:
+        """The version that ran (C{$LATEST}): botocore's C{ExecutedVersion}."""
         return self.headers.get("x-amz-executed-version")
 
     @property
     def request_id(self) -> str | None:
+        """The invocation's request id, the one START/END/REPORT lines carry."""
         return self.headers.get("x-amzn-requestid")
 
     @property
@@ -424,8 +426,9 @@ class RunningDaemon:
 
         def timed_out(failure: Failure) -> Any:
             if failure.check(CancelledError, defer.TimeoutError):
+                why = "the daemon stopped" if self._stopping else f"waited {timeout} s"
                 raise defer.TimeoutError(
-                    f"{needle!r} not in the daemon's output after {timeout} s; "
+                    f"{needle!r} never written ({why}); "
                     f"output so far: {self.output[-2000:]!r}"
                 )
             return failure
@@ -439,9 +442,27 @@ class RunningDaemon:
         """The Invoke API's base URL: boto3's C{endpoint_url}."""
         return self.client.url
 
-    def invoke(self, payload: object = b"{}", **options: Any) -> Deferred[InvokeResult]:
-        """L{InvokeClient.invoke} on this daemon."""
-        return self.client.invoke(payload, **options)
+    def invoke(
+        self,
+        payload: object = b"{}",
+        *,
+        invocation_type: str = "RequestResponse",
+        log_type: str | None = None,
+        client_context: Mapping[str, Any] | str | bytes | None = None,
+        qualifier: str | None = None,
+        function_name: str | None = None,
+        headers: Mapping[str, str] | None = None,
+    ) -> Deferred[InvokeResult]:
+        """Invoke this daemon's function: see L{InvokeClient.invoke}."""
+        return self.client.invoke(
+            payload,
+            invocation_type=invocation_type,
+            log_type=log_type,
+            client_context=client_context,
+            qualifier=qualifier,
+            function_name=function_name,
+            headers=headers,
+        )
 
     # Stopping
 
@@ -481,7 +502,7 @@ class RunningDaemon:
             if self._endpoint.factory is not None:
                 await self._endpoint.factory.close_all(self._reactor)
         finally:
-            for needle, waiting in self._output_waiters:
+            for _, waiting in list(self._output_waiters):
                 waiting.cancel()
             await self.client.close()
 
@@ -528,10 +549,12 @@ async def start_daemon(
         daemon = RunningDaemon(rapid_config(command, daemon_environ), reactor)
         try:
             await daemon._start()
-        except CannotListenError:
+        except BaseException as error:
             await daemon.stop()
-            if "PORT" in given or attempt == _LISTEN_ATTEMPTS - 1:
-                raise
-            continue
+            # The port picked was taken in the meantime: pick another.
+            retry = isinstance(error, CannotListenError) and "PORT" not in given
+            if retry and attempt < _LISTEN_ATTEMPTS - 1:
+                continue
+            raise
         return daemon
     raise AssertionError("unreachable")

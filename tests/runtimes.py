@@ -1,0 +1,76 @@
+"""
+How the end-to-end tests run the fixture functions in C{tests/functions}.
+
+awslambdaric imports the handler's module by name, from C{sys.path}: the
+runtime is given the fixtures' directory on C{PYTHONPATH} (trial runs tests
+from C{_trial_temp}, so the working directory would not do).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from typing import Any, Callable, TypeVar
+
+from twisted.internet.threads import deferToThread
+from twisted.trial.unittest import TestCase
+
+from lambdarapid.config import DAEMON_VARIABLES
+from lambdarapid.testing import RunningDaemon, start_daemon
+
+T = TypeVar("T")
+
+FUNCTIONS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "functions")
+BASH_FUNCTION = os.path.join(FUNCTIONS, "bash")
+BIN = os.path.dirname(sys.executable)
+
+
+def python_runtime(handler: str) -> list[str]:
+    """The awslambdaric RIC serving C{handler} (C{module.function}) from the fixtures."""
+    return [sys.executable, "-m", "awslambdaric", handler]
+
+
+def function_environ(**extra: str) -> dict[str, str]:
+    """
+    This process's environment without any daemon setting it may carry,
+    with the fixtures importable, our interpreter first on PATH, and C{extra}.
+    """
+    environ = {key: value for key, value in os.environ.items() if key not in DAEMON_VARIABLES}
+    environ.pop("AWS_LAMBDA_FUNCTION_NAME", None)
+    environ["PATH"] = BIN + os.pathsep + environ.get("PATH", os.defpath)
+    environ["PYTHONPATH"] = FUNCTIONS
+    environ["LAMBDA_TASK_ROOT"] = FUNCTIONS
+    environ.update(extra)
+    return environ
+
+
+async def start_python(
+    test: TestCase, handler: str, environ: dict[str, str] | None = None, **settings: object
+) -> RunningDaemon:
+    """A daemon running C{handler} in awslambdaric, stopped when C{test} ends."""
+    daemon = await start_daemon(
+        python_runtime(handler), function_environ() if environ is None else environ, **settings
+    )
+    test.addCleanup(daemon.stop)
+    return daemon
+
+
+def lambda_client(url: str) -> Any:
+    """What our users run: boto3's Lambda client, without retries, aimed at C{url}."""
+    import boto3
+    from botocore.config import Config
+
+    return boto3.client(
+        "lambda",
+        endpoint_url=url,
+        region_name="us-east-1",
+        aws_access_key_id="x",
+        aws_secret_access_key="x",
+        config=Config(retries={"total_max_attempts": 1}, connect_timeout=5, read_timeout=30),
+    )
+
+
+async def in_thread(call: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+    """Run a blocking call (boto3) in the reactor's thread pool."""
+    result: T = await deferToThread(call, *args, **kwargs)
+    return result

@@ -1,0 +1,245 @@
+"""
+Both start commands as real processes: C{twistd -n lambda-rapid ...} and the
+C{lambda-rapid} console script, as a container's ENTRYPOINT runs them.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from typing import Sequence
+
+from twisted.internet import reactor
+from twisted.internet.defer import Deferred
+from twisted.internet.error import ConnectionRefusedError, ProcessDone, ProcessTerminated
+from twisted.internet.protocol import ProcessProtocol
+from twisted.internet.task import deferLater
+from twisted.python.failure import Failure
+from twisted.trial.unittest import TestCase
+
+from lambdarapid.config import DAEMON_VARIABLES
+from lambdarapid.testing import InvokeClient, InvokeResult, free_port, free_port_block
+
+from .runtimes import BIN, FUNCTIONS, function_environ
+
+TWISTD = os.path.join(BIN, "twistd")
+LAMBDA_RAPID = os.path.join(BIN, "lambda-rapid")
+RUNTIME = ["python3", "-m", "awslambdaric"]
+
+
+async def sleep(seconds: float) -> None:
+    await deferLater(reactor, seconds, lambda: None)
+
+
+class Child(ProcessProtocol):
+    """A command run by a test: its output so far and how it ended."""
+
+    def __init__(self) -> None:
+        self.stdout = bytearray()
+        self.stderr = bytearray()
+        self.ended: Deferred[int | str] = Deferred()
+        self.exit: int | str | None = None
+
+    def outReceived(self, data: bytes) -> None:
+        self.stdout += data
+
+    def errReceived(self, data: bytes) -> None:
+        self.stderr += data
+
+    def processEnded(self, reason: Failure) -> None:
+        error = reason.value
+        exit: int | str = str(error)
+        if isinstance(error, ProcessTerminated) and error.signal is not None:
+            exit = f"signal {error.signal}"
+        elif isinstance(error, (ProcessDone, ProcessTerminated)):
+            exit = error.exitCode or 0
+        self.exit = exit
+        self.ended.callback(exit)
+
+    def signal(self, signum: int) -> None:
+        if self.exit is None:
+            self.transport.signalProcess(signum)  # type: ignore[union-attr]
+
+    async def wait_for(self, needle: bytes, timeout: float = 10.0) -> None:
+        """Wait until C{needle} is in stdout or stderr."""
+        deadline = time.monotonic() + timeout
+        while needle not in self.stdout and needle not in self.stderr:
+            if self.exit is not None or time.monotonic() > deadline:
+                raise AssertionError(
+                    f"{needle!r} never written (exit {self.exit}); "
+                    f"stdout {bytes(self.stdout)!r}, stderr {bytes(self.stderr)!r}"
+                )
+            await sleep(0.05)
+
+    async def finished(self, timeout: float) -> int | str:
+        """The exit status, within C{timeout} seconds (else SIGKILL and fail)."""
+        deadline = time.monotonic() + timeout
+        while self.exit is None and time.monotonic() < deadline:
+            await sleep(0.05)
+        if self.exit is None:
+            self.signal(signal.SIGKILL)
+            await self.ended
+            raise AssertionError(
+                f"still running after {timeout} s; stdout {bytes(self.stdout)!r}, "
+                f"stderr {bytes(self.stderr)!r}"
+            )
+        return self.exit
+
+
+class CommandTests:
+    """Every start command's behaviour; subclasses say which command."""
+
+    timeout = 30
+    prefix: Sequence[str] = ()
+    #: How the process ends after a clean drain on SIGTERM.
+    sigterm_exit: int | str = 0
+
+    def spawn(self, args: Sequence[str], **environ: str) -> Child:
+        """Start C{prefix + args} in the fixtures' directory; killed at the end of the test."""
+        test: TestCase = self  # type: ignore[assignment]
+        child = Child()
+        command = [*self.prefix, *args]
+        reactor.spawnProcess(  # type: ignore[attr-defined]
+            child, command[0], command, env=function_environ(**environ), path=FUNCTIONS
+        )
+
+        async def kill() -> None:
+            if child.exit is None:
+                child.signal(signal.SIGKILL)
+                await child.ended
+
+        test.addCleanup(kill)
+        return child
+
+    def start(self, handler: str, **environ: str) -> tuple[Child, InvokeClient]:
+        """Start the daemon on free ports, with a caller for it."""
+        port = free_port()
+        child = self.spawn(
+            [*RUNTIME, handler],
+            PORT=str(port),
+            RUNTIME_API_PORT=str(free_port_block(1)),
+            INVOKE_API_HOST="127.0.0.1",
+            **environ,
+        )
+        client = InvokeClient(f"http://127.0.0.1:{port}")
+        self.addCleanup(client.close)  # type: ignore[attr-defined]
+        return child, client
+
+    async def first_invoke(self, child: Child, client: InvokeClient, payload: object) -> InvokeResult:
+        """Invoke as soon as the daemon listens (within 10 s)."""
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                return await client.invoke(payload)
+            except ConnectionRefusedError:
+                if child.exit is not None or time.monotonic() > deadline:
+                    raise AssertionError(
+                        f"never listened (exit {child.exit}); stdout {bytes(child.stdout)!r}, "
+                        f"stderr {bytes(child.stderr)!r}"
+                    )
+                await sleep(0.05)
+
+    async def test_invoke(self) -> None:
+        """The command serves the Invoke API: an invocation is answered with the function's result."""
+        test: TestCase = self  # type: ignore[assignment]
+        child, client = self.start("handlers.echo")
+        result = await self.first_invoke(child, client, {"hello": "world"})
+        test.assertEqual(result.status, 200)
+        test.assertEqual(result.json(), {"hello": "world"})
+        test.assertEqual(result.executed_version, "$LATEST")
+
+    async def assert_refused(self, variable: str, value: str) -> None:
+        test: TestCase = self  # type: ignore[assignment]
+        started = time.monotonic()
+        child = self.spawn([*RUNTIME, "handlers.echo"], **{variable: value})
+        status = await child.finished(timeout=10)
+        test.assertNotEqual(status, 0)
+        test.assertLess(time.monotonic() - started, 5)
+        lines = bytes(child.stderr).decode().splitlines()
+        test.assertEqual(len(lines), 1, bytes(child.stderr))
+        test.assertIn(variable, lines[0])
+        test.assertNotIn(b"Traceback", child.stdout + child.stderr)
+
+    async def test_bad_concurrency(self) -> None:
+        """MAX_CONCURRENCY=0 stops the command at once with one stderr line naming it, no traceback."""
+        await self.assert_refused("MAX_CONCURRENCY", "0")
+
+    async def test_bad_port(self) -> None:
+        """PORT=abc stops the command at once with one stderr line naming it, no traceback."""
+        await self.assert_refused("PORT", "abc")
+
+    async def test_port_taken(self) -> None:
+        """A PORT another socket holds stops the command at once with one stderr line, instead of serving nothing."""
+        test: TestCase = self  # type: ignore[assignment]
+        import socket
+
+        holder = socket.socket()
+        holder.bind(("127.0.0.1", 0))
+        holder.listen(1)
+        test.addCleanup(holder.close)
+        child = self.spawn(
+            [*RUNTIME, "handlers.echo"],
+            PORT=str(holder.getsockname()[1]),
+            INVOKE_API_HOST="127.0.0.1",
+            RUNTIME_API_PORT=str(free_port_block(1)),
+        )
+        status = await child.finished(timeout=5)
+        test.assertNotEqual(status, 0)
+        # twistd has sent stderr to its log (stdout) by the time it listens.
+        written = bytes(child.stderr + child.stdout).decode()
+        message = f"lambda-rapid: cannot listen on 127.0.0.1:{holder.getsockname()[1]}: "
+        test.assertEqual(written.count(message), 1, written)
+        test.assertNotIn("Traceback", written)
+
+    async def test_help(self) -> None:
+        """--help exits 0 and documents every environment variable the daemon reads."""
+        test: TestCase = self  # type: ignore[assignment]
+        child = self.spawn(["--help"])
+        status = await child.finished(timeout=10)
+        test.assertEqual(status, 0, bytes(child.stderr))
+        text = bytes(child.stdout).decode()
+        for variable in sorted(DAEMON_VARIABLES) + [
+            "AWS_LAMBDA_FUNCTION_NAME",
+            "AWS_LAMBDA_FUNCTION_VERSION",
+            "AWS_LAMBDA_FUNCTION_MEMORY_SIZE",
+            "AWS_REGION",
+        ]:
+            test.assertIn(variable, text)
+
+    async def test_sigterm_drains(self) -> None:
+        """On SIGTERM new calls get 503 while the in-flight one completes with 200, then the process exits 0."""
+        test: TestCase = self  # type: ignore[assignment]
+        child, client = self.start("handlers.sleep")
+        warm = await self.first_invoke(child, client, {"seconds": 0})
+        test.assertEqual(warm.status, 200)
+        in_flight = client.invoke({"seconds": 2})
+        await child.wait_for(b"sleeping 2.0")
+        signalled = time.monotonic()
+        child.signal(signal.SIGTERM)
+        await child.wait_for(b"draining")
+        refused = await client.invoke({"seconds": 0})
+        test.assertEqual(refused.status, 503, refused.payload)
+        test.assertEqual(refused.error_type, "ServiceException")
+        answered = await in_flight
+        test.assertEqual(answered.status, 200)
+        test.assertEqual(answered.json()["slept"], 2.0)
+        test.assertEqual(await child.finished(timeout=10), self.sigterm_exit)
+        test.assertLess(time.monotonic() - signalled, 5)
+        test.assertNotIn(b"Traceback", child.stdout + child.stderr)
+
+
+class TwistdTests(CommandTests, TestCase):
+    """C{twistd -n --pidfile= lambda-rapid RUNTIME...}."""
+
+    prefix = (TWISTD, "-n", "--pidfile=", "lambda-rapid")
+    #: twistd re-raises the signal that stopped it once it has shut down
+    #: cleanly (twisted.application.app._exitWithSignal), so a supervisor sees
+    #: "terminated by SIGTERM"; the console script exits 0.
+    sigterm_exit = f"signal {signal.SIGTERM.value}"
+
+
+class ScriptTests(CommandTests, TestCase):
+    """The C{lambda-rapid RUNTIME...} console script."""
+
+    prefix = (LAMBDA_RAPID,)
