@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import datetime
 import enum
+import os
 import signal
 import uuid
 from typing import Callable, Protocol
@@ -183,9 +184,16 @@ class ExecutionEnvironment(ProcessProtocol):
 
     def _spawn(self) -> None:
         command = self._config.command
+        environ = self._environ()
+        # Lambda runs the runtime in its task root.
+        task_root = environ.get("LAMBDA_TASK_ROOT")
         self._spawned_at = self._reactor.seconds()  # type: ignore[attr-defined]
         transport = self._reactor.spawnProcess(  # type: ignore[attr-defined]
-            self, command[0], args=list(command), env=self._environ()
+            self,
+            command[0],
+            args=list(command),
+            env=environ,
+            path=task_root if task_root and os.path.isdir(task_root) else None,
         )
         self.pid = transport.pid
         transport.closeStdin()
@@ -293,7 +301,8 @@ class ExecutionEnvironment(ProcessProtocol):
         if self.state is not State.STARTING or self.init_error is not None:
             raise errors.invalid_state_transition("init/error is only allowed during init")
         self.init_error = (error_type, body)
-        self._reactor.callLater(INIT_ERROR_EXIT_GRACE, self.kill)  # type: ignore[attr-defined]
+        killer = self._reactor.callLater(INIT_ERROR_EXIT_GRACE, self.kill)  # type: ignore[attr-defined]
+        self._on_ended.append(lambda: killer.cancel() if killer.active() else None)
 
     # Output
 

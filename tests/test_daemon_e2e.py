@@ -36,17 +36,6 @@ def kill_timers() -> list[IDelayedCall]:
     ]
 
 
-async def wait_out_kill_timers() -> None:
-    """
-    Let the kill timers a failed init leaves behind fire (see the todo test
-    below), so that trial does not fail the test for a dirty reactor.
-    """
-    for _ in range(30):
-        if not kill_timers():
-            return
-        await sleep(0.1)
-
-
 class InvocationTests(TestCase):
     """What a caller gets back for each way a function can end."""
 
@@ -123,7 +112,6 @@ class InvocationTests(TestCase):
 
     async def test_import_error(self) -> None:
         """A failed init answers exactly the invocation that caused it, each time, with no respawning in between."""
-        self.addCleanup(wait_out_kill_timers)
         daemon = await start_python(self, "import_error.handler")
         for attempt in (1, 2):
             result = await daemon.invoke({"attempt": attempt})
@@ -139,17 +127,12 @@ class InvocationTests(TestCase):
 
     async def test_init_error_leaves_no_timer(self) -> None:
         """Once a runtime whose init failed has exited, none of its timers is left pending."""
-        self.addCleanup(wait_out_kill_timers)
         daemon = await start_python(self, "import_error.handler")
         result = await daemon.invoke({})
         self.assertEqual(result.json()["errorType"], "Runtime.ImportModuleError")
         await daemon.stop()
         self.assertEqual(kill_timers(), [])
 
-    test_init_error_leaves_no_timer.todo = (  # type: ignore[attr-defined]
-        "BUG: ExecutionEnvironment.init_failed schedules kill() after INIT_ERROR_EXIT_GRACE "
-        "and never cancels it when the runtime exits by itself"
-    )
 
     async def test_tail(self) -> None:
         """X-Amz-Log-Type: Tail returns the invocation's own log lines, framed by START/END/REPORT."""
