@@ -23,9 +23,12 @@ setup(
     extras_require={
         "test": [
             "awslambdaric>=3",
+            "awscli",
             "boto3",
+            "pyinstaller",
             "treq",
             "mypy",
+            "mypy-zope",
             "pyyaml",
         ],
     },
