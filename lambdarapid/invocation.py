@@ -110,6 +110,12 @@ class IInvoker(Interface):
         queued, or fails with an L{InvokeError}.
         """
 
+    def withdraw(invocation: Invocation) -> bool:
+        """
+        Drop C{invocation} if it has not started yet (its Deferred then fails
+        with L{Withdrawn}); return whether it was dropped.
+        """
+
 
 class InvokeError(Exception):
     """The invocation could not be run at all; the transport maps it to an error response."""
@@ -121,6 +127,10 @@ class FunctionNotFound(InvokeError):
 
 class TooManyRequests(InvokeError):
     """Every environment is busy and the queue is full."""
+
+
+class Withdrawn(InvokeError):
+    """Its transport took the invocation back before it started."""
 
 
 class ServiceUnavailable(InvokeError):

@@ -30,6 +30,7 @@ from .invocation import (
     Result,
     ServiceUnavailable,
     TooManyRequests,
+    Withdrawn,
     error_body,
 )
 from .logs import observer
@@ -117,6 +118,15 @@ class Pool:
         if self._stopping:
             return fail(ServiceUnavailable("the daemon is shutting down"))
         return succeed(None)
+
+    def withdraw(self, invocation: Invocation) -> bool:
+        for job in self._queue:
+            if job.invocation is invocation:
+                self._queue.remove(job)
+                if not job.result.called:
+                    job.result.errback(Withdrawn("taken back before it started"))
+                return True
+        return False
 
     def _submit(self, invocation: Invocation) -> _Job:
         if self._stopping:

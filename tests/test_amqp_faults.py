@@ -118,14 +118,6 @@ class BrokerFaultTests(TestCase):
         later = await http.invoke(server.url, name, {"later": True})
         self.assertEqual((later.status, later.json()), (200, {"later": True}))
 
-    test_broker_closes_all_connections_mid_flight.todo = (  # type: ignore[attr-defined]
-        "BUG (race, fails about one run in three): the server republishes pending "
-        "requests with mandatory=True on reconnect; if it reconnects before the daemon has "
-        "declared the auto-delete queue again, the broker returns them and callers whose "
-        "requests were already accepted get 404 ResourceNotFoundException "
-        "(lambdarapid/amqp/invoker.py, AMQPInvoker.connected/_publish/_returned); see "
-        "test_accepted_requests_survive_the_daemon_reconnecting_last"
-    )
 
     async def test_accepted_requests_survive_the_daemon_reconnecting_last(self) -> None:
         """Requests accepted before a broker blip are answered once the daemon is back, even if the server reconnects first: never 404."""
@@ -166,11 +158,6 @@ class BrokerFaultTests(TestCase):
             [(200, event) for event in events],
         )
 
-    test_accepted_requests_survive_the_daemon_reconnecting_last.todo = (  # type: ignore[attr-defined]
-        "BUG: requests republished after a reconnect are returned by the broker while the "
-        "daemon has not yet redeclared its auto-delete queue, and AMQPInvoker._returned "
-        "answers them 404 ResourceNotFoundException although the function is deployed"
-    )
 
     async def test_sigkilled_daemon_redelivered(self) -> None:
         """A daemon SIGKILLed mid-invocation leaves its request to another daemon on the queue, whose answer reaches the caller."""
@@ -267,11 +254,6 @@ class BrokerFaultTests(TestCase):
             await deferLater(reactor, 0.2, lambda: None)
         self.assertEqual((answer.status, answer.json()), (200, {"again": True}))
 
-    test_queue_deleted_under_the_daemon.todo = (  # type: ignore[attr-defined]
-        "BUG: RPCConsumer does not handle the broker's basic.cancel (queue deleted): its "
-        "_consume loop just returns, the connection stays up, and the daemon never "
-        "consumes again, so the function answers 404 through the server until restarted"
-    )
 
     async def test_sigterm_after_queue_deleted(self) -> None:
         """A daemon whose consumer the broker cancelled still exits promptly on SIGTERM."""
@@ -288,11 +270,6 @@ class BrokerFaultTests(TestCase):
         finally:
             daemon.kill_group(signal.SIGKILL)
 
-    test_sigterm_after_queue_deleted.todo = (  # type: ignore[attr-defined]
-        "BUG: RPCConsumer.stop_consuming awaits channel.basic_cancel(tag) for a consumer "
-        "the broker already cancelled; pika never fires that Deferred for an unknown tag, "
-        "so RapidService._stop (and the daemon's SIGTERM shutdown) hangs forever"
-    )
 
     async def test_server_before_broker(self) -> None:
         """A server that cannot reach the broker answers 503 with Retry-After at once (all invocation types), then 200 once it can."""

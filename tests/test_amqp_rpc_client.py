@@ -129,9 +129,3 @@ class UpstreamClientTests(TestCase):
         # when deliveries wait; nack-and-requeue at once spins for the ~4 s.
         self.assertLess(cpu, 0.4, f"{cpu:.2f} s of CPU to wait for 4 s")
 
-    test_refused_deliveries_do_not_spin.todo = (  # type: ignore[attr-defined]
-        "BUG: RPCConsumer._refuse nacks a delivery the pool refuses (TooManyRequests) with "
-        "requeue=True at once; the broker redelivers it at once to the same consumer, which "
-        "refuses it again: a hot loop (about 1 s of CPU in 4 s here, against 0.04 s without "
-        "it) until the pool has room"
-    )

@@ -23,6 +23,7 @@ from lambdarapid.invocation import (
     Result,
     ServiceUnavailable,
     TooManyRequests,
+    Withdrawn,
 )
 from lambdarapid.pool import KILL_GRACE, Pool
 
@@ -262,6 +263,29 @@ class DispatchTests(PoolTestCase):
         self.assertEqual(self.reactor.processes, [])
         self.assertEqual(self.pool.environments, [])
         self.assertEqual(len(self.flushLoggedErrors(CannotListenError)), 1)
+
+
+class WithdrawTests(PoolTestCase):
+    """Transports taking back invocations that have not started (AMQP after a reconnection)."""
+
+    def test_queued_invocation_is_withdrawn(self) -> None:
+        """A queued invocation can be withdrawn: it leaves the queue and its Deferred fails with Withdrawn."""
+        self.make_pool(max_concurrency=1)
+        running, _ = self.invoke(b"first")
+        queued, result = self.invoke(b"second")
+        self.assertEqual(self.pool.queued, 2)  # the runtime is still starting
+        self.assertTrue(self.pool.withdraw(queued))
+        self.assertEqual(self.pool.queued, 1)
+        self.failureResultOf(result, Withdrawn)
+        self.assertEqual(self.next_event(self.environment()).payload, b"first")
+
+    def test_running_invocation_is_not_withdrawn(self) -> None:
+        """An invocation a runtime has taken cannot be withdrawn."""
+        self.make_pool()
+        invocation, result = self.invoke()
+        self.next_event(self.environment())
+        self.assertFalse(self.pool.withdraw(invocation))
+        self.assertNoResult(result)
 
 
 class AnswerTests(PoolTestCase):

@@ -17,6 +17,8 @@ from typing import Any
 import pika
 from pika.adapters.twisted_connection import ClosableDeferredQueue, TwistedChannel
 from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IDelayedCall
+from twisted.internet.task import deferLater
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
@@ -29,11 +31,19 @@ from ..invocation import (
     Result,
     ServiceUnavailable,
     TooManyRequests,
+    Withdrawn,
     new_trace_id,
 )
 from ..invoke_api import decode_client_context
 from ..logs import observer
 from .messages import header_text, reply_properties
+
+
+#: How long a delivery the pool has no room for is held before it is requeued,
+#: so that a full daemon does not spin on redeliveries of the same messages.
+REQUEUE_DELAY = 1.0
+#: How long to wait before consuming again after the broker cancelled us.
+RECONSUME_DELAY = 0.5
 
 
 class RPCConsumer:
@@ -48,6 +58,10 @@ class RPCConsumer:
         self._reactor = reactor
         self._channel: TwistedChannel | None = None
         self._consumer_tag: str | None = None
+        self._stopping = False
+        #: Invocations delivered on the current channel and not yet answered.
+        self._held: dict[str, Invocation] = {}
+        self._requeues: list[IDelayedCall] = []
 
     @property
     def queue(self) -> str:
@@ -56,37 +70,73 @@ class RPCConsumer:
     async def connected(self, connection: Any) -> None:
         channel = await connection.channel()
         await channel.basic_qos(prefetch_count=self._prefetch)
+        self._channel = channel
+        self._held = {}
+        await self._start_consuming(channel)
+
+    async def _start_consuming(self, channel: TwistedChannel) -> None:
         await channel.queue_declare(
             queue=self.queue, durable=False, auto_delete=True, exclusive=False
         )
         deliveries, self._consumer_tag = await channel.basic_consume(
             queue=self.queue, auto_ack=False
         )
-        self._channel = channel
         Deferred.fromCoroutine(self._consume(channel, deliveries))
         self.log.info("consuming AMQP queue {queue}", queue=self.queue)
 
     def disconnected(self, reason: Failure) -> None:
         self._channel = None
         self._consumer_tag = None
+        # The broker has put every unacked delivery back in the queue: those
+        # still waiting for a runtime here would only run twice.
+        held, self._held = self._held, {}
+        withdrawn = sum(1 for invocation in held.values() if self._invoker.withdraw(invocation))
+        if withdrawn:
+            self.log.info(
+                "withdrew {n} queued AMQP invocation(s); the broker redelivers them", n=withdrawn
+            )
+        self._flush_requeues()
 
     async def stop_consuming(self) -> None:
         """Take no more deliveries (on shutdown); those held are still answered."""
+        self._stopping = True
+        self._flush_requeues()
         channel, tag = self._channel, self._consumer_tag
         self._consumer_tag = None
-        if channel is not None and tag is not None and channel.is_open:
-            try:
-                await channel.basic_cancel(tag)
-            except Exception as error:  # the channel may close meanwhile
-                self.log.debug("basic.cancel failed: {error}", error=error)
+        if channel is None or tag is None or not channel.is_open:
+            return
+        if tag not in channel.consumer_tags:
+            return  # the broker cancelled it already
+        try:
+            await channel.basic_cancel(tag).addTimeout(2.0, self._reactor)
+        except Exception as error:  # the channel may close meanwhile
+            self.log.debug("basic.cancel failed: {error}", error=error)
 
     async def _consume(self, channel: TwistedChannel, deliveries: ClosableDeferredQueue) -> None:
         while True:
             try:
                 message = await deliveries.get()
             except Exception:
-                return  # channel closed or consumer cancelled
+                break  # the channel closed, or the broker cancelled the consumer
             self._deliver(channel, message.method, message.properties, message.body)
+        if not self._still_ours(channel):
+            return
+        # Cancelled by the broker (queue deleted, node lost): consume again.
+        self.log.warn(
+            "the broker cancelled our consumer of {queue}; consuming again", queue=self.queue
+        )
+        await deferLater(self._reactor, RECONSUME_DELAY, lambda: None)
+        if not self._still_ours(channel):
+            return
+        try:
+            await self._start_consuming(channel)
+        except Exception as error:
+            self.log.error("cannot consume {queue} again: {error}", queue=self.queue, error=error)
+            channel.close()  # the next connection sets everything up again
+
+    def _still_ours(self, channel: TwistedChannel) -> bool:
+        """Whether C{channel} is the live channel we should be consuming on."""
+        return bool(channel.is_open) and channel is self._channel and not self._stopping
 
     def _invocation(self, properties: pika.BasicProperties, body: bytes) -> Invocation:
         headers = properties.headers or {}
@@ -132,6 +182,8 @@ class RPCConsumer:
         body: bytes,
     ) -> None:
         invocation = self._invocation(properties, body)
+        if channel is self._channel:
+            self._held[invocation.request_id] = invocation
         self._invoker.invoke(invocation).addCallbacks(
             self._answer,
             self._refuse,
@@ -142,6 +194,8 @@ class RPCConsumer:
     def _answer(
         self, result: Result, channel: TwistedChannel, tag: int, reply_to: str | None
     ) -> None:
+        if channel is self._channel:
+            self._held.pop(result.request_id, None)
         if reply_to:
             publisher = channel if channel.is_open else self._channel
             if publisher is None or not publisher.is_open:
@@ -170,9 +224,29 @@ class RPCConsumer:
     def _refuse(
         self, failure: Failure, channel: TwistedChannel, tag: int, request_id: str
     ) -> None:
+        if channel is self._channel:
+            self._held.pop(request_id, None)
+        if failure.check(Withdrawn):
+            return  # the broker has requeued it already
         if not failure.check(TooManyRequests, ServiceUnavailable):
             self.log.failure("invocation {id} failed", failure, id=request_id)
+        if failure.check(TooManyRequests) and not self._stopping:
+            # Back to the queue a little later, for another daemon or for us.
+            self._requeues.append(
+                self._reactor.callLater(REQUEUE_DELAY, self._requeue, channel, tag)
+            )
+        else:
+            self._requeue(channel, tag)
+
+    def _requeue(self, channel: TwistedChannel, tag: int) -> None:
+        self._requeues = [call for call in self._requeues if call.active()]
         if channel.is_open:
-            # Back to the queue, for another daemon (or us, later).
             channel.basic_nack(delivery_tag=tag, requeue=True)
+
+    def _flush_requeues(self) -> None:
+        """Requeue now what was waiting to be requeued."""
+        requeues, self._requeues = self._requeues, []
+        for call in requeues:
+            if call.active():
+                call.reset(0)
 

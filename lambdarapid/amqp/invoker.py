@@ -36,11 +36,20 @@ from ..logs import observer
 from .messages import DIRECT_REPLY_TO, request_properties, result_from_reply
 
 
+#: After a reconnection, how long requests that come back unroutable are
+#: published again: the daemons' auto-delete queues went with their own
+#: connections and reappear as the daemons reconnect.
+REROUTE_WINDOW = 10.0
+REROUTE_INTERVAL = 0.25
+
+
 @dataclass(eq=False)
 class _Pending:
     invocation: Invocation
     result: Deferred[Result]
     timer: IDelayedCall
+    #: Until when a return means "not routable yet" rather than "no such function".
+    reroute_until: float = 0.0
 
 
 @implementer(IInvoker)
@@ -72,7 +81,9 @@ class AMQPInvoker:
                 "publishing {n} pending request(s) again on the new connection",
                 n=len(self._pending),
             )
+        reroute_until = self._reactor.seconds() + REROUTE_WINDOW
         for pending in self._pending.values():
+            pending.reroute_until = reroute_until
             self._publish(pending.invocation)
 
     def disconnected(self, reason: Failure) -> None:
@@ -124,6 +135,10 @@ class AMQPInvoker:
             raise FunctionNotFound(invocation.function_arn) from None
         channel.close()
 
+    def withdraw(self, invocation: Invocation) -> bool:
+        """Once published, a request is the daemons' to run: nothing to take back here."""
+        return False
+
     def dry_run(self, invocation: Invocation) -> Deferred[None]:
         return Deferred.fromCoroutine(self._dry_run(invocation))
 
@@ -154,10 +169,27 @@ class AMQPInvoker:
             pending.result.callback(result_from_reply(message.properties, message.body))
 
     def _returned(self, message: Any) -> None:
-        pending = self._pending.pop(message.properties.correlation_id or "", None)
-        if pending is not None:
-            pending.timer.cancel()
+        request_id = message.properties.correlation_id or ""
+        pending = self._pending.get(request_id)
+        if pending is None:
+            return
+        if self._reactor.seconds() < pending.reroute_until:
+            # Accepted before a reconnection: its function's queue is coming back.
+            self._reactor.callLater(REROUTE_INTERVAL, self._republish, request_id)
+            return
+        del self._pending[request_id]
+        pending.timer.cancel()
+        if pending.reroute_until:
+            pending.result.errback(
+                ServiceUnavailable("the function's queue did not come back after a reconnection")
+            )
+        else:
             pending.result.errback(FunctionNotFound(pending.invocation.function_arn))
+
+    def _republish(self, request_id: str) -> None:
+        pending = self._pending.get(request_id)
+        if pending is not None:
+            self._publish(pending.invocation)
 
     def _timed_out(self, request_id: str) -> None:
         pending = self._pending.pop(request_id, None)
