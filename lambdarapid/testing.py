@@ -15,7 +15,7 @@ when the test ends::
         async def test_echo(self) -> None:
             daemon = await start_daemon(
                 ["python3", "-m", "awslambdaric", "app.handler"],
-                {**os.environ, "PYTHONPATH": TASK_ROOT, "LAMBDA_TASK_ROOT": TASK_ROOT},
+                {**os.environ, "LAMBDA_TASK_ROOT": TASK_ROOT},
                 AWS_LAMBDA_FUNCTION_TIMEOUT=5,
             )
             self.addCleanup(daemon.stop)
@@ -23,10 +23,9 @@ when the test ends::
             self.assertEqual(result.json(), {"hello": "world"})
 
 The runtime processes are real, so what is tested is what runs in the image:
-the handler's imports, its environment, its output, its exit. The runtime
-starts in the test's working directory (trial's C{_trial_temp}), and
-awslambdaric imports the handler's module by name from C{sys.path}: put the
-task root on C{PYTHONPATH}.
+the handler's imports, its environment, its output, its exit. As on Lambda,
+the runtime starts in C{LAMBDA_TASK_ROOT} (when that directory exists), where
+awslambdaric finds the handler's module.
 
 L{InvokeClient} alone calls a daemon started some other way (a container).
 """
