@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import sys
 from dataclasses import dataclass, field
 from typing import Callable, Mapping, Sequence, TypeVar
 
@@ -198,6 +199,26 @@ def _resolve_command(command: Sequence[str], environ: Mapping[str, str]) -> tupl
     return (executable, *command[1:])
 
 
+def _runtime_environ(environ: Mapping[str, str]) -> dict[str, str]:
+    """
+    What the daemon passes on to the function: everything but its own settings,
+    its secrets, and what a self-contained (PyInstaller) build of the daemon
+    added for itself, such as a library path to its bundled libssl.
+    """
+    runtime_environ = {
+        key: value
+        for key, value in environ.items()
+        if key not in DAEMON_VARIABLES and not key.startswith("_PYI_")
+    }
+    original_library_path = runtime_environ.pop("LD_LIBRARY_PATH_ORIG", None)
+    if getattr(sys, "frozen", False):
+        if original_library_path is None:
+            runtime_environ.pop("LD_LIBRARY_PATH", None)
+        else:
+            runtime_environ["LD_LIBRARY_PATH"] = original_library_path
+    return runtime_environ
+
+
 def _task_root(environ: Mapping[str, str]) -> str:
     if environ.get("LAMBDA_TASK_ROOT"):
         return environ["LAMBDA_TASK_ROOT"]
@@ -237,9 +258,7 @@ def rapid_config(command: Sequence[str], environ: Mapping[str, str]) -> RapidCon
             f"RUNTIME_API_PORT={runtime_port} leaves no room for MAX_CONCURRENCY="
             f"{max_concurrency} Runtime API ports"
         )
-    runtime_environ = {
-        key: value for key, value in environ.items() if key not in DAEMON_VARIABLES
-    }
+    runtime_environ = _runtime_environ(environ)
     runtime_environ.setdefault("LAMBDA_TASK_ROOT", _task_root(environ))
     runtime_environ.setdefault("LAMBDA_RUNTIME_DIR", "/var/runtime")
     return RapidConfig(

@@ -290,6 +290,44 @@ class RuntimeEnvironTests(SynchronousTestCase):
         self.assertIn("broker:5672", settings.amqp_uri)
 
 
+class FrozenRuntimeEnvironTests(SynchronousTestCase):
+    """What a self-contained (PyInstaller) daemon must not pass on to runtimes."""
+
+    BOOTLOADER = {
+        "PATH": os.environ["PATH"],
+        "LD_LIBRARY_PATH": "/tmp/_MEI123:/var/lang/lib",
+        "LD_LIBRARY_PATH_ORIG": "/var/lang/lib",
+        "_PYI_ARCHIVE_FILE": "/usr/local/bin/aws-lambda-rie",
+        "_PYI_APPLICATION_HOME_DIR": "/tmp/_MEI123",
+    }
+
+    def freeze(self) -> None:
+        """Look like a PyInstaller executable for this test (sys.frozen)."""
+        sys.frozen = True  # type: ignore[attr-defined]
+        self.addCleanup(delattr, sys, "frozen")
+
+    def test_frozen_daemon_restores_the_library_path(self) -> None:
+        """Frozen, the runtime gets the library path the daemon was started with and no _PYI_ variables."""
+        self.freeze()
+        environ = config(dict(self.BOOTLOADER)).runtime_environ
+        self.assertEqual(environ["LD_LIBRARY_PATH"], "/var/lang/lib")
+        self.assertEqual(
+            [key for key in environ if key.startswith("_PYI_") or key == "LD_LIBRARY_PATH_ORIG"], []
+        )
+
+    def test_frozen_daemon_without_original_path_drops_it(self) -> None:
+        """Frozen, with no library path before the bootloader's, the runtime gets none."""
+        self.freeze()
+        bootloader = dict(self.BOOTLOADER)
+        del bootloader["LD_LIBRARY_PATH_ORIG"]
+        self.assertNotIn("LD_LIBRARY_PATH", config(bootloader).runtime_environ)
+
+    def test_unfrozen_daemon_keeps_the_library_path(self) -> None:
+        """Not frozen, LD_LIBRARY_PATH is the user's own and passes through unchanged."""
+        environ = config({"PATH": os.environ["PATH"], "LD_LIBRARY_PATH": "/opt/lib"}).runtime_environ
+        self.assertEqual(environ["LD_LIBRARY_PATH"], "/opt/lib")
+
+
 class ServerConfigTests(SynchronousTestCase):
     """The Lambda Server's settings."""
 

@@ -37,6 +37,8 @@ from twisted.web.http_headers import Headers
 from lambdarapid.config import DAEMON_VARIABLES
 from lambdarapid.testing import InvokeClient, InvokeResult, free_port, free_port_block
 
+from .executable import built_executable
+
 from .test_manifests import (
     KIND_LAMBDA,
     KIND_OPENFAAS,
@@ -55,12 +57,6 @@ BIN = os.path.dirname(sys.executable)
 LAMBDA_RAPID = os.path.join(BIN, "lambda-rapid")
 LAMBDA_SERVER = os.path.join(BIN, "lambda-server")
 LOCAL_BROKER = "amqp://guest:guest@127.0.0.1:5672/%2F"
-#: The self-contained executable: the one tests.test_examples builds (git-ignored),
-#: or another given by LAMBDARAPID_TEST_EXECUTABLE.
-EXECUTABLE = os.environ.get(
-    "LAMBDARAPID_TEST_EXECUTABLE",
-    os.path.join(ROOT, "build", "test-artifacts", "exe", "lambda-rapid"),
-)
 #: What a Python Lambda base image sets, which its runtime must get unchanged.
 IMAGE_LIBRARY_PATH = (
     "/var/lang/lib:/lib64:/usr/lib64:/var/runtime:/var/runtime/lib:/var/task:/var/task/lib:/opt/lib"
@@ -388,26 +384,14 @@ class LambdaImageEntrypointTests(ImageShapeTestCase):
         self.assertEqual(given["LD_LIBRARY_PATH"], IMAGE_LIBRARY_PATH)
 
 
-def _executable_missing() -> str | None:
-    """Why the executable cannot be tested: missing, or older than the sources it was built from."""
-    if not os.path.exists(EXECUTABLE):
-        return f"no {EXECUTABLE}: run tests.test_examples (or packaging/build-executable) first"
-    built = os.path.getmtime(EXECUTABLE)
-    for directory, _, files in os.walk(os.path.join(ROOT, "lambdarapid")):
-        for name in files:
-            if name.endswith(".py") and os.path.getmtime(os.path.join(directory, name)) > built:
-                return f"{EXECUTABLE} is older than the sources: run tests.test_examples"
-    return None
-
-
 class ExecutableEntrypointTests(ImageShapeTestCase):
     """The image's real shape: the entrypoint runs the self-contained executable as aws-lambda-rie."""
 
-    skip = _executable_missing()
+    timeout = 300
 
     async def test_entrypoint_runs_the_executable(self) -> None:
         """`/lambda-entrypoint.sh echo.handler` with the executable as aws-lambda-rie serves the function."""
-        root, _, entrypoint, record = self.layout(EXECUTABLE)
+        root, _, entrypoint, record = self.layout(await built_executable())
         environ = self.environ(root, record)
         await self.serve([entrypoint, "echo.handler"], environ, root)
         given = read_record(record)
@@ -415,12 +399,8 @@ class ExecutableEntrypointTests(ImageShapeTestCase):
 
     async def test_executable_leaves_the_library_path_alone(self) -> None:
         """The runtime started by the self-contained executable gets the image's LD_LIBRARY_PATH, not PyInstaller's."""
-        root, _, entrypoint, record = self.layout(EXECUTABLE)
+        root, _, entrypoint, record = self.layout(await built_executable())
         environ = self.environ(root, record)
         await self.serve([entrypoint, "echo.handler"], environ, root)
         self.assertEqual(read_record(record)["LD_LIBRARY_PATH"], IMAGE_LIBRARY_PATH)
 
-    test_executable_leaves_the_library_path_alone.todo = (  # type: ignore[attr-defined]
-        "lambdarapid passes the PyInstaller bootloader's LD_LIBRARY_PATH (its _MEI unpack "
-        "directory first) and _PYI_* variables on to the runtimes it spawns"
-    )

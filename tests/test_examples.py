@@ -20,6 +20,7 @@ from twisted.internet.task import deferLater
 from twisted.internet.utils import getProcessOutputAndValue
 from twisted.trial.unittest import SkipTest, TestCase
 
+from .executable import built_executable
 from lambdarapid.testing import InvokeClient, free_port, free_port_block, start_daemon
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -128,24 +129,13 @@ class NodeAndExecutableTests(TestCase):
         """The Node example with its node_modules, and the executable; built once, then reused."""
         if shutil.which("node") is None or shutil.which("npm") is None:
             raise SkipTest("Node.js is not installed")
-        if not os.path.exists(os.path.join(BIN, "pyinstaller")):
-            raise SkipTest("PyInstaller is not installed next to this Python")
         node_dir = os.path.join(ARTIFACTS, "node-echo")
-        executable = os.path.join(ARTIFACTS, "exe", "lambda-rapid")
         steps = []
         if not os.path.isdir(os.path.join(node_dir, "node_modules", "aws-lambda-ric")):
             shutil.rmtree(node_dir, ignore_errors=True)
             shutil.copytree(os.path.join(ECHO, "node"), node_dir)
             steps.append(run(["npm", "install", "--no-audit", "--no-fund"], cwd=node_dir))
-        if _older_than_sources(executable):
-            steps.append(
-                run(
-                    [
-                        os.path.join(ROOT, "packaging", "build-executable"),
-                        os.path.dirname(executable),
-                    ]
-                )
-            )
+        executable = await built_executable()
         for step in steps:
             out, err, code = await step
             self.assertEqual(code, 0, out.decode()[-2000:] + err.decode()[-2000:])
@@ -189,18 +179,6 @@ class NodeAndExecutableTests(TestCase):
         self.assertEqual(result.status, 200)
         self.assertEqual(result.json(), {"node": "without python"})
         self.assertEqual(result.executed_version, "$LATEST")
-
-
-def _older_than_sources(path: str) -> bool:
-    """Whether C{path} is missing or older than any lambdarapid source file."""
-    if not os.path.exists(path):
-        return True
-    built = os.path.getmtime(path)
-    for directory, _, files in os.walk(os.path.join(ROOT, "lambdarapid")):
-        for name in files:
-            if name.endswith(".py") and os.path.getmtime(os.path.join(directory, name)) > built:
-                return True
-    return False
 
 
 class _Collect(ProcessProtocol):

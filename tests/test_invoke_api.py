@@ -31,7 +31,7 @@ from lambdarapid.invocation import (
     ServiceUnavailable,
     TooManyRequests,
 )
-from lambdarapid.invoke_api import InvokeAPI, split_function_name
+from lambdarapid.invoke_api import InvokeAPI, InvokeAPIResource, split_function_name
 from lambdarapid.web import QuietSite, bounded_request
 
 from .fakes import InMemoryHTTP, Reply
@@ -67,6 +67,9 @@ class FakeInvoker:
     def accept_event(self, invocation: Invocation) -> Deferred[None]:
         return self._answer("accept_event", invocation, None)
 
+    def withdraw(self, invocation: Invocation) -> bool:
+        return False
+
     @property
     def only(self) -> tuple[str, Invocation]:
         """The one call made."""
@@ -78,13 +81,22 @@ class InvokeAPITestCase(SynchronousTestCase):
     """The daemon's Invoke API for a function called echo."""
 
     function: Function | None = Function(name="echo")
+    openfaas = False
 
     def setUp(self) -> None:
         self.clock = Clock()
         self.clock.advance(1_700_000_000)
         self.invoker = FakeInvoker()
-        api = InvokeAPI(self.invoker, self.clock, self.function)
-        site = QuietSite(api.app.resource(), bounded_request(errors.MAX_SYNC_PAYLOAD))
+        self.ready = True
+        api = InvokeAPI(
+            self.invoker,
+            self.clock,
+            self.function,
+            openfaas=self.openfaas,
+            ready=lambda: self.ready,
+        )
+        # As served: the hot route below Klein, the rest through the Klein app.
+        site = QuietSite(InvokeAPIResource(api), bounded_request(errors.MAX_SYNC_PAYLOAD))
         self.http = InMemoryHTTP(site)
 
     def post(
@@ -527,3 +539,45 @@ class FakeInvokerTests(SynchronousTestCase):
     def test_provides_iinvoker(self) -> None:
         """FakeInvoker provides IInvoker, so the tests exercise the real seam."""
         self.assertTrue(verifyObject(IInvoker, FakeInvoker()))
+
+
+class OpenFaaSTests(InvokeAPITestCase):
+    """The OpenFaaS watchdog routes, with ENABLE_OPENFAAS=true."""
+
+    openfaas = True
+
+    def test_root_invokes_with_the_body_as_event(self) -> None:
+        """Any method on / invokes the function with the body as the event; 200 with the result."""
+        for method in ("POST", "PUT"):
+            reply = self.successResultOf(self.http.request(method, "/", b'{"of": 1}'))
+            self.assertEqual((reply.code, reply.body), (200, b'{"of": 1}'))
+        kind, invocation = self.invoker.calls[-1]
+        self.assertEqual(kind, "invoke")
+        self.assertEqual(invocation.function_arn, "arn:aws:lambda:us-east-1:012345678912:function:echo")
+
+    def test_function_error_is_500(self) -> None:
+        """A function error through / is a 500 carrying the error document."""
+        self.invoker.answer = succeed(
+            Result(Outcome.FUNCTION_ERROR, b'{"errorType": "Oops"}', "id")
+        )
+        reply = self.successResultOf(self.http.request("POST", "/", b"{}"))
+        self.assertEqual((reply.code, reply.body), (500, b'{"errorType": "Oops"}'))
+        self.assertEqual(reply.header("x-amz-function-error"), "Unhandled")
+
+    def test_health_and_ready_follow_readiness(self) -> None:
+        """/_/health and /_/ready answer 200 while the daemon can serve, 503 while it cannot."""
+        for path in ("/_/health", "/_/ready"):
+            self.ready = True
+            self.assertEqual(self.successResultOf(self.http.request("GET", path)).code, 200)
+            self.ready = False
+            self.assertEqual(self.successResultOf(self.http.request("GET", path)).code, 503)
+
+
+class OpenFaaSOffTests(InvokeAPITestCase):
+    """Without ENABLE_OPENFAAS the watchdog routes do not exist."""
+
+    def test_watchdog_routes_are_404(self) -> None:
+        """/, /_/health and /_/ready are 404 and nothing is invoked."""
+        for method, path in (("POST", "/"), ("GET", "/_/health"), ("GET", "/_/ready")):
+            self.assertEqual(self.successResultOf(self.http.request(method, path, b"{}")).code, 404)
+        self.assertEqual(self.invoker.calls, [])
