@@ -25,6 +25,7 @@ from .runtimes import BIN, FUNCTIONS, function_environ
 
 TWISTD = os.path.join(BIN, "twistd")
 LAMBDA_RAPID = os.path.join(BIN, "lambda-rapid")
+LAMBDA_SERVER = os.path.join(BIN, "lambda-server")
 RUNTIME = ["python3", "-m", "awslambdaric"]
 
 
@@ -243,3 +244,37 @@ class ScriptTests(CommandTests, TestCase):
     """The C{lambda-rapid RUNTIME...} console script."""
 
     prefix = (LAMBDA_RAPID,)
+
+
+class ServerCommandTests(TestCase):
+    """The Lambda Server's start commands: help and configuration errors."""
+
+    timeout = 30
+
+    async def run_server(self, prefix: Sequence[str], args: Sequence[str], **environ: str) -> Child:
+        child = Child()
+        command = [*prefix, *args]
+        reactor.spawnProcess(  # type: ignore[attr-defined]
+            child, command[0], command, env=function_environ(**environ), path=FUNCTIONS
+        )
+        await child.finished(timeout=15)
+        return child
+
+    async def test_help(self) -> None:
+        """`lambda-server --help` and `twistd lambda-server --help` list the server's variables."""
+        for prefix in ((LAMBDA_SERVER,), (TWISTD, "-n", "--pidfile=", "lambda-server")):
+            child = await self.run_server(prefix, ["--help"])
+            self.assertEqual(child.exit, 0, bytes(child.stderr))
+            for variable in ("AMQP_URI", "AMQP_USERNAME", "PORT", "AWS_LAMBDA_FUNCTION_TIMEOUT"):
+                self.assertIn(variable, bytes(child.stdout).decode())
+
+    async def test_bad_setting(self) -> None:
+        """A bad AMQP_URI stops the server at once with one line naming it, no traceback, and no password."""
+        for prefix in ((LAMBDA_SERVER,), (TWISTD, "-n", "--pidfile=", "lambda-server")):
+            child = await self.run_server(prefix, [], AMQP_URI="http://user:s3cret@host/")
+            self.assertNotEqual(child.exit, 0)
+            lines = bytes(child.stderr).decode().splitlines()
+            self.assertEqual(len(lines), 1, bytes(child.stderr))
+            self.assertIn("AMQP_URI", lines[0])
+            self.assertNotIn(b"s3cret", child.stdout + child.stderr)
+            self.assertNotIn(b"Traceback", child.stdout + child.stderr)
