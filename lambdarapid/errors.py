@@ -79,6 +79,15 @@ def service_unavailable(message: str, retry_after: int = 1) -> APIError:
     return error
 
 
+def unknown_operation(status: int) -> APIError:
+    """What AWS answers for a path or method that is no Lambda API operation."""
+    return APIError(
+        status,
+        "UnknownOperationException",
+        json.dumps({"message": "Unknown operation"}).encode(),
+    )
+
+
 def _runtime_error(status: int, error_type: str, message: str) -> APIError:
     body = json.dumps({"errorMessage": message, "errorType": error_type}).encode()
     return APIError(status, error_type, body)

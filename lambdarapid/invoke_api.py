@@ -15,6 +15,7 @@ from urllib.parse import unquote
 from typing import Any, Callable
 
 from klein import Klein
+from werkzeug.exceptions import MethodNotAllowed, NotFound
 from twisted.internet.defer import Deferred
 from twisted.python.failure import Failure
 from twisted.web.iweb import IRequest
@@ -224,7 +225,7 @@ class InvokeAPI:
 
     def _require_openfaas(self) -> None:
         if not self._openfaas:
-            raise errors.not_found_route()
+            raise errors.unknown_operation(404)
 
     @classmethod
     def _respond_openfaas(cls, result: Result, request: Request) -> bytes:
@@ -251,6 +252,14 @@ class InvokeAPI:
             headers.setRawHeaders(b"x-amz-log-result", [base64.b64encode(result.log_tail)])
         headers.setRawHeaders(b"content-length", [b"%d" % len(result.body)])
         return result.body
+
+    @app.handle_errors(NotFound)
+    def unknown_route(self, request: IRequest, failure: Failure) -> bytes:
+        return self._error(request, errors.unknown_operation(404))
+
+    @app.handle_errors(MethodNotAllowed)
+    def wrong_method(self, request: IRequest, failure: Failure) -> bytes:
+        return self._error(request, errors.unknown_operation(405))
 
     @app.handle_errors(errors.APIError, InvokeError)
     def api_error(self, request: IRequest, failure: Failure) -> bytes:

@@ -581,3 +581,19 @@ class OpenFaaSOffTests(InvokeAPITestCase):
         for method, path in (("POST", "/"), ("GET", "/_/health"), ("GET", "/_/ready")):
             self.assertEqual(self.successResultOf(self.http.request(method, path, b"{}")).code, 404)
         self.assertEqual(self.invoker.calls, [])
+
+
+class UnknownOperationTests(InvokeAPITestCase):
+    """Requests that are no Invoke API operation."""
+
+    def test_unknown_path_and_method_are_json(self) -> None:
+        """An unknown path is 404 and a GET on the invocations path 405, both AWS-shaped JSON."""
+        for method, path, status in (
+            ("GET", "/nothing", 404),
+            ("GET", invocations_path("echo"), 405),
+        ):
+            reply = self.successResultOf(self.http.request(method, path))
+            self.assertEqual(reply.code, status)
+            self.assertEqual(reply.header("x-amzn-errortype"), "UnknownOperationException")
+            self.assertEqual(reply.json(), {"message": "Unknown operation"})
+        self.assertEqual(self.invoker.calls, [])
