@@ -337,6 +337,8 @@ class Pool:
     # Spawning and reaping
 
     def _spawn_as_needed(self) -> None:
+        if len(self._environments) >= self._config.max_concurrency:
+            return
         starting = sum(
             1 for each in self._environments.values() if each.state is State.STARTING
         )

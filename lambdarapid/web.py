@@ -19,6 +19,7 @@ from twisted.internet.error import CannotListenError
 from twisted.internet.defer import CancelledError, Deferred
 from twisted.logger import Logger
 from twisted.python.failure import Failure
+from twisted.web.http import HTTPChannel
 from twisted.web.resource import IResource, Resource
 from twisted.web.server import NOT_DONE_YET, Request, Site
 
@@ -94,13 +95,29 @@ def bounded_request(limit: int) -> type[BoundedRequest]:
     return type(f"BoundedRequest{limit}", (BoundedRequest,), {"max_body": limit})
 
 
+class QuietChannel(HTTPChannel):
+    """
+    An HTTP/1.1 channel that asks the kernel for its local address once per
+    connection rather than once per request (twisted.web's Request does).
+    """
+
+    _host: Any = None
+
+    def getHost(self) -> Any:
+        if self._host is None:
+            self._host = super().getHost()
+        return self._host
+
+
 class QuietSite(Site):
     """
     A L{Site} tuned for an API: no form parsing, no access log, no idle timeout,
-    no start/stop chatter.
+    no start/stop chatter, and plain HTTP/1.1 channels (no protocol-negotiation
+    proxy in front of every read: there is no TLS here to negotiate HTTP/2 on).
     """
 
     noisy = False
+    protocol = QuietChannel  # type: ignore[assignment]
 
     def __init__(self, resource: IResource, request_class: type[Request] = BoundedRequest):
         super().__init__(resource, requestFactory=request_class, parsePOSTFormSubmission=False)
