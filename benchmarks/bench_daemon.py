@@ -934,7 +934,17 @@ def short_path(path: str) -> str:
     return path
 
 
-def summarize_profile(raw_path: Path, us_per_inv: float | None) -> dict[str, Any]:
+def summarize_profile(
+    raw_path: Path,
+    us_per_inv: float | None,
+    stack_groups: list[tuple[str, Callable[[list[tuple[str, str]]], bool]]] | None = None,
+    self_groups: list[tuple[str, Callable[[str, str], bool]]] | None = None,
+    inclusive_groups: list[tuple[str, Callable[[str, str], bool]]] | None = None,
+) -> dict[str, Any]:
+    """Folded stacks grouped (by default with the daemon's groups above)."""
+    stack_groups = STACK_GROUPS if stack_groups is None else stack_groups
+    self_groups = SELF_GROUPS if self_groups is None else self_groups
+    inclusive_groups = INCLUSIVE_GROUPS if inclusive_groups is None else inclusive_groups
     stacks: list[tuple[list[tuple[str, str]], int]] = []
     for line in raw_path.read_text().splitlines():
         stack, _, number = line.rpartition(" ")
@@ -947,16 +957,16 @@ def summarize_profile(raw_path: Path, us_per_inv: float | None) -> dict[str, Any
     inclusive: Counter[str] = Counter()
     for frames, count in stacks:
         fn, f = frames[-1]
-        group = next((g for g, stack_test in STACK_GROUPS if stack_test(frames)), None)
+        group = next((g for g, stack_test in stack_groups if stack_test(frames)), None)
         if group is None:
-            group = next(g for g, test in SELF_GROUPS if test(fn, f))
+            group = next(g for g, test in self_groups if test(fn, f))
         by_group[group] += count
         by_func[f"{fn} ({f})"] += count
         for fn2, f2 in reversed(frames):  # innermost frame of ours: who asked for the time
-            if f2.startswith("lambdarapid/") and fn2 not in ("run", "rapid"):
+            if f2.startswith("lambdarapid/") and fn2 not in ("run", "rapid", "server"):
                 by_ours[f"{fn2} ({f2})"] += count
                 break
-        for group, test in INCLUSIVE_GROUPS:
+        for group, test in inclusive_groups:
             if any(test(a, b) for a, b in frames):
                 inclusive[group] += count
 
@@ -973,6 +983,17 @@ def run_sampled_daemon(out_path: str, interval_us: int, argv: list[str]) -> None
     """
     The daemon, with a CPU-time stack sampler: SIGUSR1 starts sampling (every
     C{interval_us} of process CPU time), SIGUSR2 stops and writes folded stacks.
+    """
+    install_cpu_sampler(out_path, interval_us)
+    from lambdarapid.scripts import rapid
+
+    rapid(argv)
+
+
+def install_cpu_sampler(out_path: str, interval_us: int) -> None:
+    """
+    In this process: SIGUSR1 starts sampling the stack every C{interval_us} of
+    process CPU time (ITIMER_PROF), SIGUSR2 stops and writes folded stacks.
     """
     counts: Counter[tuple[tuple[Any, int], ...]] = Counter()
 
@@ -999,9 +1020,6 @@ def run_sampled_daemon(out_path: str, interval_us: int, argv: list[str]) -> None
     signal.signal(signal.SIGPROF, sample)
     signal.signal(signal.SIGUSR1, start)
     signal.signal(signal.SIGUSR2, stop)
-    from lambdarapid.scripts import rapid
-
-    rapid(argv)
 
 
 def run_profile(args: argparse.Namespace, loadgen: Wrk | PyLoad, body_files: dict[str, Path],
@@ -1158,14 +1176,19 @@ def print_report(results: dict[str, Any]) -> None:
               f"{prof['rps']:.0f} req/s, "
               f"{prof['daemon_cpu_us_per_inv']:.0f} µs daemon CPU/inv ({fmt(prof['daemon_sys_pct'], '.0f')}% in kernel), "
               f"{prof['samples']} samples, oth% {prof['foreign_busy_pct']:.0f}")
-        for title, key, n in (("self time by group", "self_by_group", 20),
-                              ("inclusive (a frame in the stack)", "inclusive", 20),
-                              ("innermost lambdarapid frame (who asked)", "innermost_lambdarapid_frame", 10),
-                              ("top functions (self)", "self_by_function", 20)):
-            print(f"  {title}:")
-            for row in prof[key][:n]:
-                print(f"    {row['pct']:5.1f}%  {fmt(row['us_per_inv'], '5.0f')} µs  {row['name']}")
-        print(f"  raw stacks: {prof['raw_file']}")
+        print_profile_groups(prof)
+
+
+def print_profile_groups(prof: dict[str, Any]) -> None:
+    """The grouped tables of one L{summarize_profile} result."""
+    for title, key, n in (("self time by group", "self_by_group", 20),
+                          ("inclusive (a frame in the stack)", "inclusive", 20),
+                          ("innermost lambdarapid frame (who asked)", "innermost_lambdarapid_frame", 10),
+                          ("top functions (self)", "self_by_function", 20)):
+        print(f"  {title}:")
+        for row in prof[key][:n]:
+            print(f"    {row['pct']:5.1f}%  {fmt(row['us_per_inv'], '5.0f')} µs  {row['name']}")
+    print(f"  raw stacks: {prof['raw_file']}")
 
 
 def versions() -> dict[str, str]:
