@@ -17,7 +17,9 @@ from typing import Any
 
 from pika.adapters.twisted_connection import ClosableDeferredQueue, TwistedChannel
 from pika.exceptions import ChannelClosedByBroker, NackError, UnroutableError
-from twisted.internet.defer import Deferred, fail
+from twisted.internet import defer
+from twisted.internet.defer import Deferred
+from twisted.internet.task import deferLater
 from twisted.internet.interfaces import IDelayedCall
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -41,6 +43,13 @@ from .messages import DIRECT_REPLY_TO, request_properties, result_from_reply
 #: connections and reappear as the daemons reconnect.
 REROUTE_WINDOW = 10.0
 REROUTE_INTERVAL = 0.25
+#: How long a request waits for the broker connection before it gets a 503:
+#: long enough to cover the server's own start, short enough not to hang.
+CONNECT_HOLD = 2.0
+#: After the server's first connection, how long an unroutable request is
+#: taken for a daemon that has not declared its queue yet rather than a 404:
+#: daemons and server usually start together.
+STARTUP_REROUTE = 1.5
 
 
 @dataclass(eq=False)
@@ -50,6 +59,8 @@ class _Pending:
     timer: IDelayedCall
     #: Until when a return means "not routable yet" rather than "no such function".
     reroute_until: float = 0.0
+    #: Published again after a reconnection: it was routable once.
+    republished: bool = False
 
 
 @implementer(IInvoker)
@@ -65,6 +76,8 @@ class AMQPInvoker:
         self._connection: Any = None
         self._rpc: TwistedChannel | None = None
         self._events: TwistedChannel | None = None
+        self._startup_reroute_until = 0.0
+        self._connection_waiters: list[Deferred[None]] = []
 
     # AMQPUser
 
@@ -76,6 +89,11 @@ class AMQPInvoker:
         await events.confirm_delivery()
         self._connection, self._rpc, self._events = connection, rpc, events
         Deferred.fromCoroutine(self._receive(replies))
+        if not self._startup_reroute_until:
+            self._startup_reroute_until = self._reactor.seconds() + STARTUP_REROUTE
+        waiters, self._connection_waiters = self._connection_waiters, []
+        for waiter in waiters:
+            waiter.callback(None)
         if self._pending:
             self.log.info(
                 "publishing {n} pending request(s) again on the new connection",
@@ -84,6 +102,7 @@ class AMQPInvoker:
         reroute_until = self._reactor.seconds() + REROUTE_WINDOW
         for pending in self._pending.values():
             pending.reroute_until = reroute_until
+            pending.republished = True
             self._publish(pending.invocation)
 
     def disconnected(self, reason: Failure) -> None:
@@ -91,40 +110,66 @@ class AMQPInvoker:
 
     # IInvoker
 
+    async def _connected(self) -> None:
+        """Wait a little for the broker connection (the server may have just started); else 503."""
+        if self._rpc is not None:
+            return
+        waiter: Deferred[None] = Deferred()
+        self._connection_waiters.append(waiter)
+        try:
+            await waiter.addTimeout(CONNECT_HOLD, self._reactor)
+        except defer.TimeoutError:
+            raise ServiceUnavailable("the AMQP broker is unavailable") from None
+        finally:
+            if waiter in self._connection_waiters:
+                self._connection_waiters.remove(waiter)
+
     def invoke(self, invocation: Invocation) -> Deferred[Result]:
         if self._rpc is None:
-            return fail(ServiceUnavailable("the AMQP broker is unavailable"))
+            return Deferred.fromCoroutine(self._invoke_when_connected(invocation))
         request_id = invocation.request_id
         result: Deferred[Result] = Deferred(lambda _: self._forget(request_id))
         timer = self._reactor.callLater(self._timeout, self._timed_out, request_id)
         # Registered before publishing: a reply can never beat its pending entry.
-        self._pending[request_id] = _Pending(invocation, result, timer)
+        self._pending[request_id] = _Pending(
+            invocation, result, timer, reroute_until=self._startup_reroute_until
+        )
         self._publish(invocation)
         return result
 
+    async def _invoke_when_connected(self, invocation: Invocation) -> Result:
+        await self._connected()
+        return await self.invoke(invocation)
+
     async def _accept_event(self, invocation: Invocation) -> None:
-        events = self._events
-        if events is None:
-            raise ServiceUnavailable("the AMQP broker is unavailable")
-        try:
-            await events.basic_publish(
-                exchange="",
-                routing_key=invocation.function_name,
-                body=invocation.payload,
-                properties=request_properties(invocation, reply_to=None),
-                mandatory=True,
-            )
-        except UnroutableError:
-            raise FunctionNotFound(invocation.function_arn) from None
-        except NackError:
-            raise ServiceUnavailable("the broker refused the event") from None
-        except Exception as error:
-            raise ServiceUnavailable(f"the event could not be queued: {error}") from None
+        await self._connected()
+        while True:
+            events = self._events
+            if events is None:
+                raise ServiceUnavailable("the AMQP broker is unavailable")
+            try:
+                await events.basic_publish(
+                    exchange="",
+                    routing_key=invocation.function_name,
+                    body=invocation.payload,
+                    properties=request_properties(invocation, reply_to=None),
+                    mandatory=True,
+                )
+                return
+            except UnroutableError:
+                if self._reactor.seconds() >= self._startup_reroute_until:
+                    raise FunctionNotFound(invocation.function_arn) from None
+            except NackError:
+                raise ServiceUnavailable("the broker refused the event") from None
+            except Exception as error:
+                raise ServiceUnavailable(f"the event could not be queued: {error}") from None
+            await deferLater(self._reactor, REROUTE_INTERVAL, lambda: None)
 
     def accept_event(self, invocation: Invocation) -> Deferred[None]:
         return Deferred.fromCoroutine(self._accept_event(invocation))
 
     async def _dry_run(self, invocation: Invocation) -> None:
+        await self._connected()
         connection = self._connection
         if connection is None:
             raise ServiceUnavailable("the AMQP broker is unavailable")
@@ -174,12 +219,12 @@ class AMQPInvoker:
         if pending is None:
             return
         if self._reactor.seconds() < pending.reroute_until:
-            # Accepted before a reconnection: its function's queue is coming back.
+            # Its function's queue is (re)appearing: daemons are (re)connecting.
             self._reactor.callLater(REROUTE_INTERVAL, self._republish, request_id)
             return
         del self._pending[request_id]
         pending.timer.cancel()
-        if pending.reroute_until:
+        if pending.republished:
             pending.result.errback(
                 ServiceUnavailable("the function's queue did not come back after a reconnection")
             )
