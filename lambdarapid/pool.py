@@ -26,6 +26,7 @@ from .environment import LOG_TAIL_BYTES, ExecutionEnvironment, EnvironmentOwner,
 from .invocation import (
     IInvoker,
     Invocation,
+    InvokeError,
     Outcome,
     Result,
     ServiceUnavailable,
@@ -158,7 +159,10 @@ class Pool:
         )
 
     def _event_failed(self, failure: Failure) -> None:
-        self.log.failure("Event invocation failed", failure)
+        if failure.check(InvokeError):
+            self.log.warn("Event invocation not run: {error}", error=failure.value)
+        else:
+            self.log.failure("Event invocation failed", failure)
 
     # Running invocations
 
