@@ -24,6 +24,7 @@ from urllib.parse import unquote
 
 import httptools
 from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import ITCPTransport
 from twisted.internet.protocol import Factory, Protocol
 from twisted.python.failure import Failure
 
@@ -249,6 +250,11 @@ class RuntimeAPIProtocol(Protocol):
         )
 
     # Protocol
+
+    def connectionMade(self) -> None:
+        # Answers are written whole: never hold one back waiting for an ACK.
+        if ITCPTransport.providedBy(self.transport):
+            self.transport.setTcpNoDelay(True)
 
     def dataReceived(self, data: bytes) -> None:
         if self._closing:

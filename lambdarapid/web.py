@@ -16,6 +16,7 @@ from typing import Any, Callable, ClassVar
 from twisted.application.internet import StreamServerEndpointService
 from twisted.internet.endpoints import serverFromString
 from twisted.internet.error import CannotListenError
+from twisted.internet.interfaces import ITCPTransport
 from twisted.internet.defer import CancelledError, Deferred
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -102,6 +103,12 @@ class QuietChannel(HTTPChannel):
     """
 
     _host: Any = None
+
+    def connectionMade(self) -> None:
+        super().connectionMade()
+        # Answers are written whole: never hold one back waiting for an ACK.
+        if ITCPTransport.providedBy(self.transport):
+            self.transport.setTcpNoDelay(True)
 
     def getHost(self) -> Any:
         if self._host is None:
