@@ -18,7 +18,7 @@ from twisted.application.internet import ClientService, backoffPolicy
 from twisted.application.service import Service
 from twisted.internet.defer import Deferred
 from twisted.internet.endpoints import HostnameEndpoint, wrapClientTLS
-from twisted.internet.interfaces import IStreamClientEndpoint
+from twisted.internet.interfaces import IStreamClientEndpoint, ITCPTransport
 from twisted.internet.protocol import Factory
 from twisted.internet.ssl import optionsForClientTLS
 from twisted.logger import Logger
@@ -52,6 +52,11 @@ class _Connection(TwistedProtocolConnection):
     """Tells the service when the transport goes, whatever the reason."""
 
     service: AMQPConnectionService
+
+    def connectionMade(self) -> None:
+        super().connectionMade()
+        if ITCPTransport.providedBy(self.transport):
+            self.transport.setTcpNoDelay(True)
 
     def connectionLost(self, reason: Failure = Failure(ConnectionError())) -> None:
         super().connectionLost(reason)
