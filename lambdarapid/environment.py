@@ -14,7 +14,7 @@ import enum
 import os
 import signal
 import uuid
-from typing import Callable, Protocol
+from typing import Any, Callable, Protocol
 
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.endpoints import serverFromString
@@ -33,6 +33,10 @@ from .web import tcp_description
 
 #: How much of an invocation's output is kept for X-Amz-Log-Result.
 LOG_TAIL_BYTES = 4096
+#: The longest output line kept whole; a longer one is forwarded in pieces.
+MAX_LINE = 64 * 1024
+#: How long the output pipes of an exited runtime are read for its leftover children.
+ORPHAN_OUTPUT_GRACE = 1.0
 #: How long a runtime that reported an init error gets to exit by itself.
 INIT_ERROR_EXIT_GRACE = 2.0
 
@@ -119,8 +123,10 @@ class ExecutionEnvironment(ProcessProtocol):
         self._spawned_at = 0.0
         self._waiting: Deferred[Invocation] | None = None
         self._port: IListeningPort | None = None
-        self._partial: dict[int, bytes] = {}
+        self._partial: dict[int, bytearray] = {}
         self._log_buffer = bytearray()
+        self._peak_kb = 0
+        self._output_closer: Any = None
         self._ended = False
         self._on_ended: list[Callable[[], object]] = []
 
@@ -336,23 +342,34 @@ class ExecutionEnvironment(ProcessProtocol):
         if len(buffer) > 4 * LOG_TAIL_BYTES:
             del buffer[: -LOG_TAIL_BYTES * 2]
         partial = self._partial.get(childFD)
-        if partial:
-            data = partial + data
+        if partial is None:
+            partial = self._partial[childFD] = bytearray()
         cut = data.rfind(b"\n") + 1
         if cut:
-            self._output(data[:cut])
-        self._partial[childFD] = data[cut:]
+            if partial:
+                self._output(bytes(partial) + data[:cut])
+                del partial[:]
+            else:
+                self._output(data[:cut])
+        partial += data[cut:]
+        if len(partial) > MAX_LINE:
+            # A line with no end in sight (a progress bar): forward what there is.
+            self._output(bytes(partial) + b"\n")
+            del partial[:]
 
     def peak_memory_kb(self) -> int:
-        """The peak RSS of the runtime's process tree, in kB (0 once it is gone)."""
-        return proctree.peak_rss_kb(self.pid) if self.pid is not None else 0
+        """The peak RSS of the runtime's process tree, in kB (its last reading once it is gone)."""
+        if self.pid is not None and self.state is not State.DEAD:
+            self._peak_kb = max(self._peak_kb, proctree.peak_rss_kb(self.pid))
+        return self._peak_kb
 
     # The process's end
 
     def processExited(self, reason: Failure) -> None:
-        for fd, partial in self._partial.items():
+        self.drain_output()
+        for partial in self._partial.values():
             if partial:
-                self._output(partial + b"\n")
+                self._output(bytes(partial) + b"\n")
         self._partial.clear()
         self.state = State.DEAD
         waiting, self._waiting = self._waiting, None
@@ -365,9 +382,25 @@ class ExecutionEnvironment(ProcessProtocol):
             reason=exit_reason(reason),
         )
         self._owner.environment_exited(self, exit_reason(reason))
+        # Its slot is free once its port is: whatever the runtime started may
+        # keep its output pipes open for long, and is no business of ours.
+        self.close().addBoth(self._fire_ended)
+        self._output_closer = self._reactor.callLater(  # type: ignore[attr-defined]
+            ORPHAN_OUTPUT_GRACE, self._close_output
+        )
+
+    def _close_output(self) -> None:
+        """Stop reading pipes the runtime's leftover children still hold."""
+        transport = self.transport
+        if transport is not None and getattr(transport, "pipes", None):
+            for fd in (1, 2):
+                transport.closeChildFD(fd)  # type: ignore[attr-defined]
 
     def processEnded(self, reason: Failure) -> None:
-        self.close().addBoth(self._fire_ended)
+        """All pipes are closed too: no leftover children to stop reading."""
+        closer, self._output_closer = self._output_closer, None
+        if closer is not None and closer.active():
+            closer.cancel()
 
     def _fire_ended(self, _: object) -> None:
         self._ended = True

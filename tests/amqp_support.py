@@ -170,6 +170,10 @@ class Server:
     def url(self) -> str:
         return f"http://127.0.0.1:{self.config.port}"
 
+    def service_invoker(self) -> Any:
+        """The server's AMQPInvoker (for tests that reach into its channels)."""
+        return self.amqp._users[0]
+
     @property
     def connected(self) -> bool:
         return self.amqp.connected

@@ -97,6 +97,39 @@ class ColdStartTests(TestCase):
         )
 
 
+class ClosedChannelTests(TestCase):
+    """The broker closing a channel (a consumer timeout, a refused publish) but not the connection."""
+
+    timeout = 60
+
+    async def test_daemon_and_server_recover_from_a_closed_channel(self) -> None:
+        """Daemon and server whose channels the broker closes reconnect and serve again."""
+        name = function_name()
+        daemon = deploy(self, reactor, name)
+        server = lambda_server(self, reactor)
+        await daemon.wait_connected()
+        await server.wait_connected()
+        http = caller(self, reactor)
+        first = await http.invoke(server.url, name, {"before": True})
+        self.assertEqual(first.status, 200)
+        # A publish to an exchange that does not exist: RabbitMQ closes that channel (404).
+        consumer_channel = daemon.service.consumer._channel
+        server_channel = server.service_invoker()._rpc
+        for channel in (consumer_channel, server_channel):
+            channel._channel.basic_publish(exchange="no-such-exchange", routing_key="x", body=b"")
+        await eventually(
+            reactor,
+            lambda: daemon.connected
+            and server.connected
+            and daemon.service.consumer._channel is not consumer_channel
+            and server.service_invoker()._rpc is not server_channel,
+            10,
+            "reconnected",
+        )
+        after = await http.invoke(server.url, name, {"after": True})
+        self.assertEqual((after.status, after.json()), (200, {"after": True}))
+
+
 class BrokerFaultTests(TestCase):
     """What callers see when connections to the broker drop or never come up."""
 

@@ -36,6 +36,13 @@ def kill_timers() -> list[IDelayedCall]:
     ]
 
 
+def kill_sleepers() -> None:
+    """Stop the `sleep 30` children a test's runtimes left behind."""
+    import subprocess
+
+    subprocess.run(["pkill", "-f", "^sleep 30$"], check=False)
+
+
 class InvocationTests(TestCase):
     """What a caller gets back for each way a function can end."""
 
@@ -109,6 +116,19 @@ class InvocationTests(TestCase):
         self.assertLess(elapsed, 2.0)
         after = await daemon.invoke({"call": "echo", "ok": True})
         self.assertEqual(after.json(), {"call": "echo", "ok": True})
+
+    async def test_exit_leaving_a_child_frees_the_runtime(self) -> None:
+        """A runtime that exits while a child of its own holds its output pipes is replaced at once."""
+        daemon = await start_python(
+            self, "handlers.dispatch", AWS_LAMBDA_FUNCTION_TIMEOUT=10
+        )
+        self.addCleanup(kill_sleepers)
+        result = await daemon.invoke({"call": "exit_leaving_a_child", "child_seconds": 30})
+        self.assertEqual(result.json()["errorType"], "Runtime.ExitError", result.payload)
+        started = time.monotonic()
+        after = await daemon.invoke({"call": "echo", "ok": True})
+        self.assertEqual(after.json(), {"call": "echo", "ok": True})
+        self.assertLess(time.monotonic() - started, 5.0)
 
     async def test_import_error(self) -> None:
         """A failed init answers exactly the invocation that caused it, each time, with no respawning in between."""

@@ -10,7 +10,7 @@ the service reconnects with backoff and tells its L{AMQPUser}s to set up again
 
 from __future__ import annotations
 
-from typing import Any, Protocol
+from typing import Any, Callable, Protocol
 
 import pika
 from pika.adapters.twisted_connection import TwistedProtocolConnection
@@ -27,6 +27,8 @@ from twisted.python.failure import Failure
 from ..logs import observer
 from .parameters import redacted
 
+_log = Logger(namespace="lambdarapid.amqp.connection", observer=observer)
+
 
 class AMQPUser(Protocol):
     """Something that uses the connection: sets itself up on each new one."""
@@ -36,6 +38,23 @@ class AMQPUser(Protocol):
 
     def disconnected(self, reason: Failure) -> None:
         """The connection is gone; a new one will follow."""
+
+
+def reconnect_if_closed(channel: Any, connection: Any, still_wanted: Callable[[], bool]) -> None:
+    """
+    When the broker closes C{channel} but not the connection (a consumer
+    timeout, a refused publish), close the connection too: the service then
+    reconnects and every user sets up again from scratch.
+    """
+
+    def closed(reason: object) -> None:
+        if still_wanted() and connection.is_open:
+            _log.warn(
+                "the broker closed an AMQP channel ({reason}); reconnecting", reason=reason
+            )
+            connection.close()
+
+    channel.on_closed.addBoth(closed)
 
 
 def broker_endpoint(reactor: Any, parameters: pika.ConnectionParameters) -> IStreamClientEndpoint:

@@ -36,6 +36,7 @@ from ..invocation import (
 )
 from ..invoke_api import decode_client_context
 from ..logs import observer
+from .connection import reconnect_if_closed
 from .messages import header_text, reply_properties
 
 
@@ -72,6 +73,7 @@ class RPCConsumer:
         await channel.basic_qos(prefetch_count=self._prefetch)
         self._channel = channel
         self._held = {}
+        reconnect_if_closed(channel, connection, lambda: self._still_ours(channel, closed=True))
         await self._start_consuming(channel)
 
     async def _start_consuming(self, channel: TwistedChannel) -> None:
@@ -132,11 +134,15 @@ class RPCConsumer:
             await self._start_consuming(channel)
         except Exception as error:
             self.log.error("cannot consume {queue} again: {error}", queue=self.queue, error=error)
-            channel.close()  # the next connection sets everything up again
+            channel.close()  # reconnect_if_closed: the next connection sets everything up
 
-    def _still_ours(self, channel: TwistedChannel) -> bool:
-        """Whether C{channel} is the live channel we should be consuming on."""
-        return bool(channel.is_open) and channel is self._channel and not self._stopping
+    def _still_ours(self, channel: TwistedChannel, closed: bool = False) -> bool:
+        """Whether C{channel} is the (open, unless C{closed}) channel we should be consuming on."""
+        return (
+            (closed or bool(channel.is_open))
+            and channel is self._channel
+            and not self._stopping
+        )
 
     def _invocation(self, properties: pika.BasicProperties, body: bytes) -> Invocation:
         headers = properties.headers or {}

@@ -35,6 +35,7 @@ from ..invocation import (
     error_body,
 )
 from ..logs import observer
+from .connection import reconnect_if_closed
 from .messages import DIRECT_REPLY_TO, request_properties, result_from_reply
 
 
@@ -88,6 +89,8 @@ class AMQPInvoker:
         events = await connection.channel()
         await events.confirm_delivery()
         self._connection, self._rpc, self._events = connection, rpc, events
+        for channel in (rpc, events):
+            reconnect_if_closed(channel, connection, lambda: self._connection is connection)
         Deferred.fromCoroutine(self._receive(replies))
         if not self._startup_reroute_until:
             self._startup_reroute_until = self._reactor.seconds() + STARTUP_REROUTE

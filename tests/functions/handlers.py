@@ -42,6 +42,15 @@ def exit3(event, context):
     os._exit(3)
 
 
+def exit_leaving_a_child(event, context):
+    """Start a child that keeps our stdout and stderr open, then exit with status 3."""
+    import subprocess
+
+    subprocess.Popen(["sleep", str(event.get("child_seconds", 30))])
+    sys.stdout.flush()
+    os._exit(3)
+
+
 def _client_context(context):
     client_context = context.client_context
     if client_context is None:
