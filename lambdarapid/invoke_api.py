@@ -74,14 +74,15 @@ def decode_client_context(raw: bytes) -> str:
             f"Client context must be at most {errors.MAX_CLIENT_CONTEXT} bytes."
         )
     try:
-        decoded = base64.b64decode(raw, validate=True).decode("utf-8")
-        if not isinstance(json.loads(decoded), dict):
-            raise ValueError(decoded)
-    except (binascii.Error, ValueError):
+        document = json.loads(base64.b64decode(raw, validate=True).decode("utf-8"))
+        if not isinstance(document, dict):
+            raise ValueError(document)
+        # Compact and ASCII-only: it travels as one header line to the runtime.
+        return json.dumps(document, separators=(",", ":"))
+    except (binascii.Error, ValueError, RecursionError):
         raise errors.invalid_request_content(
             "Client context must be a valid Base64-encoded JSON object."
         ) from None
-    return decoded
 
 
 def as_api_error(error: BaseException) -> errors.APIError | None:

@@ -102,20 +102,32 @@ def _error_document(request: _Request, body: bytes) -> tuple[str | None, bytes]:
     return error_type, body
 
 
+_UNSAFE = str.maketrans("", "", "\r\n\x00")
+
+
+def _header_value(text: str) -> bytes:
+    """C{text} as a header value: whatever a caller sent, it stays one header."""
+    return text.translate(_UNSAFE).encode("utf-8", "replace")
+
+
 def _event_headers(invocation: Invocation) -> list[tuple[bytes, bytes]]:
     headers = [
-        (b"Lambda-Runtime-Aws-Request-Id", invocation.request_id.encode()),
+        (b"Lambda-Runtime-Aws-Request-Id", _header_value(invocation.request_id)),
         (b"Lambda-Runtime-Deadline-Ms", b"%d" % int((invocation.deadline or 0) * 1000)),
-        (b"Lambda-Runtime-Invoked-Function-Arn", invocation.function_arn.encode()),
+        (b"Lambda-Runtime-Invoked-Function-Arn", _header_value(invocation.function_arn)),
     ]
     if invocation.trace_id:
-        headers.append((b"Lambda-Runtime-Trace-Id", invocation.trace_id.encode()))
+        headers.append((b"Lambda-Runtime-Trace-Id", _header_value(invocation.trace_id)))
     if invocation.client_context:
-        headers.append((b"Lambda-Runtime-Client-Context", invocation.client_context.encode()))
+        headers.append(
+            (b"Lambda-Runtime-Client-Context", _header_value(invocation.client_context))
+        )
     if invocation.cognito_identity:
-        headers.append((b"Lambda-Runtime-Cognito-Identity", invocation.cognito_identity.encode()))
+        headers.append(
+            (b"Lambda-Runtime-Cognito-Identity", _header_value(invocation.cognito_identity))
+        )
     if invocation.tenant_id:
-        headers.append((b"Lambda-Runtime-Aws-Tenant-Id", invocation.tenant_id.encode()))
+        headers.append((b"Lambda-Runtime-Aws-Tenant-Id", _header_value(invocation.tenant_id)))
     return headers
 
 

@@ -414,6 +414,7 @@ def upstream_rpc(
     linger: float = 0.5,
     headers: Mapping[str, str] | None = None,
     timestamp: int | None = None,
+    correlation_ids: list[str] | None = None,
 ) -> tuple[list[str], list[Reply]]:
     """
     Publish one request per body as upstream's clients do, and collect every
@@ -425,8 +426,8 @@ def upstream_rpc(
         channel = connection.channel()
         reply_to = channel.queue_declare(queue="", exclusive=True).method.queue
         ids = []
-        for body in bodies:
-            correlation_id = str(uuid.uuid4())
+        for index, body in enumerate(bodies):
+            correlation_id = correlation_ids[index] if correlation_ids else str(uuid.uuid4())
             ids.append(correlation_id)
             channel.basic_publish(
                 exchange="",

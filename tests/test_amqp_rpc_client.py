@@ -82,6 +82,35 @@ class UpstreamClientTests(TestCase):
         told = json.loads(replies[0].body)
         self.assertEqual(told, {"custom": custom, "trace_id": trace, "request_id": ids[0]})
 
+    async def test_hostile_headers_stay_one_header(self) -> None:
+        """A trace id with CR/LF cannot add headers to the runtime's event: it arrives as one clean value."""
+        name, daemon = await self.daemon()
+        trace = "Root=1-5bef4de7-ad49b0e87f6ef6c87fc2e700\r\nLambda-Runtime-Deadline-Ms: 99999999999999"
+        ids, replies = await self.rpc(name, [b'{"context": true}'], headers={"X-Amzn-Trace-Id": trace})
+        told = json.loads(replies[0].body)
+        self.assertEqual(
+            told["trace_id"],
+            "Root=1-5bef4de7-ad49b0e87f6ef6c87fc2e700Lambda-Runtime-Deadline-Ms: 99999999999999",
+        )
+
+    async def test_any_correlation_id_is_answered(self) -> None:
+        """A correlation_id unfit for a Runtime API path still gets its reply, under that id."""
+        name, daemon = await self.daemon()
+        odd = "a?b c/d#e"
+        ids, replies = await self.rpc(name, [b'{"odd": true}'], correlation_ids=[odd])
+        self.assertEqual([(reply.correlation_id, reply.body) for reply in replies], [(odd, b'{"odd": true}')])
+
+    async def test_malformed_client_context_does_not_stop_the_consumer(self) -> None:
+        """A request with a pathological client context is still answered, and so is the next one."""
+        name, daemon = await self.daemon()
+        deep = base64.b64encode(("[" * 1300 + "]" * 1300).join(['{"a":', "}"]).encode()).decode()
+        ids, replies = await self.rpc(
+            name, [b'{"first": 1}'], headers={"X-Amz-Client-Context": deep}
+        )
+        self.assertEqual([reply.body for reply in replies], [b'{"first": 1}'])
+        ids, replies = await self.rpc(name, [b'{"second": 2}'])
+        self.assertEqual([reply.body for reply in replies], [b'{"second": 2}'])
+
     async def test_timestamp_counts_toward_the_deadline(self) -> None:
         """The request's timestamp (when the caller asked) starts the function's timeout, not its delivery."""
         name, daemon = await self.daemon(AWS_LAMBDA_FUNCTION_TIMEOUT=3)

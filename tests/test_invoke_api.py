@@ -429,6 +429,21 @@ class ClientContextTests(InvokeAPITestCase):
         self.assertEqual(reply.code, 200)
         self.assertEqual(self.invoker.only[1].client_context, document.decode())
 
+    def test_client_context_becomes_one_line(self) -> None:
+        """A pretty-printed or non-ASCII client context reaches the runtime as one compact ASCII line."""
+        document = '{\n  "custom": {"name": "Zoë",\r\n "k": 1}\n}'.encode()
+        reply = self.post(headers={"X-Amz-Client-Context": self.context(document)})
+        self.assertEqual(reply.code, 200)
+        self.assertEqual(
+            self.invoker.only[1].client_context, '{"custom":{"name":"Zo\\u00eb","k":1}}'
+        )
+
+    def test_deeply_nested_client_context_is_400(self) -> None:
+        """A client context nested too deep to parse is 400 InvalidRequestContentException, not 500."""
+        document = b'{"a":' + b"[" * 1300 + b"]" * 1300 + b"}"
+        reply = self.post(headers={"X-Amz-Client-Context": self.context(document)})
+        self.assert_invoke_error(reply, 400, "InvalidRequestContentException")
+
     def test_longest_client_context(self) -> None:
         """A client context of 3,580 base64 bytes (the longest under 3,583) is accepted."""
         header = self.context(b'{"k":"' + b"v" * 2677 + b'"}')

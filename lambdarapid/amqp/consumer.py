@@ -12,6 +12,8 @@ the message to be redelivered to another.
 
 from __future__ import annotations
 
+import re
+
 from typing import Any
 
 import pika
@@ -43,6 +45,8 @@ from .messages import header_text, reply_properties
 #: How long a delivery the pool has no room for is held before it is requeued,
 #: so that a full daemon does not spin on redeliveries of the same messages.
 REQUEUE_DELAY = 1.0
+#: Correlation ids usable as request ids as they are (UUIDs and the like).
+_SAFE_ID = re.compile(r"[A-Za-z0-9._:@+=-]{1,128}")
 #: How long to wait before consuming again after the broker cancelled us.
 RECONSUME_DELAY = 0.5
 
@@ -60,8 +64,8 @@ class RPCConsumer:
         self._channel: TwistedChannel | None = None
         self._consumer_tag: str | None = None
         self._stopping = False
-        #: Invocations delivered on the current channel and not yet answered.
-        self._held: dict[str, Invocation] = {}
+        #: Invocations delivered on the current channel and not yet answered, by delivery tag.
+        self._held: dict[int, Invocation] = {}
         self._requeues: list[IDelayedCall] = []
 
     @property
@@ -176,7 +180,9 @@ class RPCConsumer:
             arrived=now,
             deadline=deadline,
         )
-        if properties.correlation_id:
+        if properties.correlation_id and _SAFE_ID.fullmatch(properties.correlation_id):
+            # Otherwise the generated id stands in for it with the runtime (it
+            # goes into Runtime API paths and headers); the reply still carries it.
             invocation.request_id = properties.correlation_id
         return invocation
 
@@ -187,21 +193,32 @@ class RPCConsumer:
         properties: pika.BasicProperties,
         body: bytes,
     ) -> None:
-        invocation = self._invocation(properties, body)
+        tag = method.delivery_tag
+        try:
+            invocation = self._invocation(properties, body)
+        except Exception:
+            self.log.failure("dropping a malformed AMQP request (delivery {tag})", tag=tag)
+            channel.basic_nack(delivery_tag=tag, requeue=False)
+            return
         if channel is self._channel:
-            self._held[invocation.request_id] = invocation
+            self._held[tag] = invocation
         self._invoker.invoke(invocation).addCallbacks(
             self._answer,
             self._refuse,
-            callbackArgs=(channel, method.delivery_tag, properties.reply_to),
-            errbackArgs=(channel, method.delivery_tag, invocation.request_id),
+            callbackArgs=(channel, tag, properties.reply_to, properties.correlation_id),
+            errbackArgs=(channel, tag, invocation.request_id),
         )
 
     def _answer(
-        self, result: Result, channel: TwistedChannel, tag: int, reply_to: str | None
+        self,
+        result: Result,
+        channel: TwistedChannel,
+        tag: int,
+        reply_to: str | None,
+        correlation_id: str | None,
     ) -> None:
         if channel is self._channel:
-            self._held.pop(result.request_id, None)
+            self._held.pop(tag, None)
         if reply_to:
             publisher = channel if channel.is_open else self._channel
             if publisher is None or not publisher.is_open:
@@ -216,7 +233,7 @@ class RPCConsumer:
                 exchange="",
                 routing_key=reply_to,
                 body=result.body,
-                properties=reply_properties(result),
+                properties=reply_properties(result, correlation_id),
             )
         else:
             self.log.info(
@@ -231,7 +248,7 @@ class RPCConsumer:
         self, failure: Failure, channel: TwistedChannel, tag: int, request_id: str
     ) -> None:
         if channel is self._channel:
-            self._held.pop(request_id, None)
+            self._held.pop(tag, None)
         if failure.check(Withdrawn):
             return  # the broker has requeued it already
         if not failure.check(TooManyRequests, ServiceUnavailable):

@@ -56,16 +56,14 @@ def request_properties(invocation: Invocation, reply_to: str | None) -> pika.Bas
     )
 
 
-def reply_properties(result: Result) -> pika.BasicProperties:
-    """What the daemon publishes back for C{result}."""
+def reply_properties(result: Result, correlation_id: str | None) -> pika.BasicProperties:
+    """What the daemon publishes back for C{result}, to the request C{correlation_id}."""
     headers = {"X-Amz-Executed-Version": result.executed_version}
     if result.outcome.is_error:
         headers["X-Amz-Function-Error"] = "Unhandled"
     if result.log_tail:
         headers["X-Amz-Log-Result"] = base64.b64encode(result.log_tail).decode()
-    return pika.BasicProperties(
-        content_type=JSON, correlation_id=result.request_id, headers=headers
-    )
+    return pika.BasicProperties(content_type=JSON, correlation_id=correlation_id, headers=headers)
 
 
 def result_from_reply(properties: pika.BasicProperties, body: bytes) -> Result:
