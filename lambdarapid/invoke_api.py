@@ -238,7 +238,8 @@ class InvokeAPI:
     @staticmethod
     def _empty(_: object, request: Request, status: int) -> bytes:
         request.setResponseCode(status)
-        request.responseHeaders.setRawHeaders(b"content-length", [b"0"])
+        if status != 204:  # a 204 carries no Content-Length (RFC 9110)
+            request.responseHeaders.setRawHeaders(b"content-length", [b"0"])
         return b""
 
     @staticmethod

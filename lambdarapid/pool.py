@@ -196,6 +196,7 @@ class Pool:
             "Sandbox.Timedout",
         )
         self.log.warn("{message}", message=message)
+        environment.current = None  # a late answer is for an invocation that is over: 400
         environment.kill()
 
     def _finish(

@@ -200,6 +200,12 @@ class RuntimeAPI:
 
     def error(self, request: _Request, request_id: str) -> _Response:
         if request.body is None:
+            self._environment.answer(
+                request_id,
+                Outcome.FUNCTION_ERROR,
+                errors.RESPONSE_TOO_LARGE,
+                "Function.ResponseSizeTooLarge",
+            )
             raise errors.entity_too_large()
         error_type, body = _error_document(request, request.body)
         self._environment.answer(request_id, Outcome.FUNCTION_ERROR, body, error_type)
@@ -242,6 +248,12 @@ class RuntimeAPIProtocol(Protocol):
 
     def on_header(self, name: bytes, value: bytes) -> None:
         self._headers[name.lower()] = value
+
+    def on_headers_complete(self) -> None:
+        # curl asks before sending a body over 1 MB; without an answer it waits a second.
+        if self._headers.get(b"expect", b"").lower() == b"100-continue":
+            assert self.transport is not None
+            self.transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")
 
     def on_body(self, body: bytes) -> None:
         self._length += len(body)
@@ -343,8 +355,14 @@ class RuntimeAPIProtocol(Protocol):
 
     def _fail(self, status: int, message: str) -> None:
         """Answer a request we cannot parse, then hang up: the stream is lost."""
-        body = json.dumps({"errorMessage": message, "errorType": "InvalidRequest"}).encode()
         self._requests.clear()
+        if self._waiting is not None:
+            # An answer is still owed on this connection, and must come first: hang up.
+            self._closing = True
+            assert self.transport is not None
+            self.transport.loseConnection()
+            return
+        body = json.dumps({"errorMessage": message, "errorType": "InvalidRequest"}).encode()
         self._write(_Request(b"", b"", {}, None, keep_alive=False), _Response(status, body))
 
 

@@ -43,12 +43,11 @@ class BoundedRequest(Request):
             self.too_large = True
             self.body_length = length
             self.content = io.BytesIO()
-        elif length is not None and length < 100_000:
-            # A BytesIO for every small body, as twisted.web does, without the
-            # function call through _getContentFile.
-            self.content = io.BytesIO()
         else:
-            super().gotLength(length)
+            # In memory, whatever the size: at most max_body is kept, and a temp
+            # file per large invocation costs disk I/O (or fails on a read-only
+            # container filesystem).
+            self.content = io.BytesIO()
 
     def handleContentChunk(self, data: bytes) -> None:
         if self.too_large:

@@ -433,7 +433,7 @@ class TimeoutTests(PoolTestCase):
         self.assertEqual(self.successResultOf(result).outcome, Outcome.TIMEOUT)
 
     def test_answer_after_timeout_is_refused(self) -> None:
-        """A runtime answering after its timeout gets 403, and the caller keeps the timeout."""
+        """A runtime answering after its timeout gets 400 InvalidRequestID (it is over), and the caller keeps the timeout."""
         self.make_pool()
         invocation, result = self.invoke()
         environment = self.environment()
@@ -442,7 +442,7 @@ class TimeoutTests(PoolTestCase):
         error = self.assertRaises(
             APIError, environment.answer, invocation.request_id, Outcome.SUCCESS, b"late"
         )
-        self.assertEqual(error.status, 403)
+        self.assertEqual((error.status, error.error_type), (400, "InvalidRequestID"))
         self.assertEqual(self.successResultOf(result).outcome, Outcome.TIMEOUT)
 
     def test_answered_invocation_does_not_time_out(self) -> None:

@@ -491,3 +491,44 @@ class RawHTTPTests(RuntimeAPITestCase):
         again, transport = self.connect()
         again.dataReceived(b"GET " + NEXT.encode() + b" HTTP/1.1\r\nHost: x\r\n\r\n")
         self.assertEqual(self.responses(transport), [(200, b'"later"')])
+
+
+class LargeBodyTests(RuntimeAPITestCase):
+    """Bodies near and over the limit as curl sends them, and out-of-turn garbage."""
+
+    connect = RawHTTPTests.connect
+    responses = staticmethod(RawHTTPTests.responses)
+
+    def test_expect_100_continue_is_answered(self) -> None:
+        """A request with Expect: 100-continue gets 100 Continue before its body is sent."""
+        invocation, result = self.invoke()
+        protocol, transport = self.connect()
+        protocol.dataReceived(b"GET " + NEXT.encode() + b" HTTP/1.1\r\nHost: x\r\n\r\n")
+        transport.clear()
+        protocol.dataReceived(
+            b"POST " + response_path(invocation.request_id).encode() + b" HTTP/1.1\r\nHost: x\r\n"
+            b"Content-Length: 2\r\nExpect: 100-continue\r\n\r\n"
+        )
+        self.assertEqual(transport.value(), b"HTTP/1.1 100 Continue\r\n\r\n")
+        transport.clear()
+        protocol.dataReceived(b"ok")
+        self.assertEqual(self.responses(transport), [(202, b'{"status":"OK"}')])
+        self.assertEqual(self.successResultOf(result).body, b"ok")
+
+    def test_error_over_6_mb_answers_the_caller(self) -> None:
+        """An /error body over the limit is 413 to the runtime and Function.ResponseSizeTooLarge to the caller."""
+        invocation, result = self.invoke()
+        self.next_event()
+        reply = self.call("POST", error_path(invocation.request_id), b"e" * (MAX_RUNTIME_RESPONSE + 1))
+        self.assertEqual(reply.code, 413)
+        self.assertEqual(json.loads(self.successResultOf(result).body)["errorType"], "Function.ResponseSizeTooLarge")
+
+    def test_garbage_while_waiting_for_an_event_hangs_up(self) -> None:
+        """Malformed bytes behind a pending GET /next close the connection rather than answer out of order."""
+        invocation, _ = self.invoke()
+        self.next_event()
+        self.assert_accepted(self.call("POST", response_path(invocation.request_id), b"1"))
+        protocol, transport = self.connect()
+        protocol.dataReceived(b"GET " + NEXT.encode() + b" HTTP/1.1\r\nHost: x\r\n\r\n\x00garbage\r\n\r\n")
+        self.assertEqual(transport.value(), b"")
+        self.assertTrue(transport.disconnecting)
