@@ -529,6 +529,7 @@ class LargeBodyTests(RuntimeAPITestCase):
         self.next_event()
         self.assert_accepted(self.call("POST", response_path(invocation.request_id), b"1"))
         protocol, transport = self.connect()
-        protocol.dataReceived(b"GET " + NEXT.encode() + b" HTTP/1.1\r\nHost: x\r\n\r\n\x00garbage\r\n\r\n")
+        protocol.dataReceived(b"GET " + NEXT.encode() + b" HTTP/1.1\r\nHost: x\r\n\r\n")
+        protocol.dataReceived(b"\x00garbage\r\n\r\n")
         self.assertEqual(transport.value(), b"")
         self.assertTrue(transport.disconnecting)
