@@ -11,6 +11,7 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+import re
 from urllib.parse import unquote
 from typing import Any, Callable
 
@@ -42,6 +43,11 @@ _INVOCATION_TYPES = {kind.value: kind for kind in InvocationType}
 RIE_FUNCTION_NAME = "function"
 
 
+#: AWS's function name and qualifier patterns (a name alone is at most 64 characters).
+_NAME = re.compile(r"[A-Za-z0-9_.-]{1,64}")
+_QUALIFIER = re.compile(r"\$LATEST|[A-Za-z0-9_-]{1,128}")
+
+
 def split_function_name(raw: str, qualifier: str | None) -> tuple[str, str | None]:
     """
     The function name and qualifier from a name, C{name:qualifier}, a full ARN
@@ -58,8 +64,10 @@ def split_function_name(raw: str, qualifier: str | None) -> tuple[str, str | Non
         name, derived = raw, None
     else:
         raise errors.invalid_parameter(f"Invalid function name: {raw}")
-    if not name:
-        raise errors.invalid_parameter(f"Invalid function name: {raw}")
+    if not _NAME.fullmatch(name) or (derived and not _QUALIFIER.fullmatch(derived)):
+        raise errors.invalid_parameter(f"Invalid function name: {raw[:200]}")
+    if qualifier and not _QUALIFIER.fullmatch(qualifier):
+        raise errors.invalid_parameter(f"Invalid qualifier: {qualifier[:200]}")
     if derived and qualifier and derived != qualifier:
         raise errors.invalid_parameter(
             "The derived qualifier from the function name does not match the specified qualifier."

@@ -133,6 +133,8 @@ class Pool:
         if self._stopping:
             raise ServiceUnavailable("the daemon is shutting down")
         job = _Job(invocation)
+        if self._expired(job):
+            return job
         environment = self._take_idle()
         if environment is not None:
             self._run(environment, job)
@@ -178,6 +180,30 @@ class Pool:
         if self._config.print_reports:
             self._output(reports.start_line(invocation.request_id, self._function.version))
         environment.deliver(invocation)
+
+    def _expired(self, job: _Job) -> bool:
+        """
+        Answer C{job} with a timeout if its deadline (set by its caller, as AMQP
+        requests' are) has passed: no runtime gets an event it cannot finish.
+        """
+        deadline = job.invocation.deadline
+        if deadline is None or deadline > self._reactor.seconds():  # type: ignore[attr-defined]
+            return False
+        message = (
+            f"RequestId: {job.invocation.request_id} Error: Task timed out after "
+            f"{self._function.timeout:.2f} seconds"
+        )
+        if not job.result.called:
+            job.result.callback(
+                Result(
+                    outcome=Outcome.TIMEOUT,
+                    body=error_body("Sandbox.Timedout", message),
+                    request_id=job.invocation.request_id,
+                    executed_version=self._function.version,
+                    error_type="Sandbox.Timedout",
+                )
+            )
+        return True
 
     def _timed_out(self, environment: ExecutionEnvironment, job: _Job) -> None:
         del self._jobs[environment]
@@ -257,9 +283,11 @@ class Pool:
         init_timer = self._init_timers.pop(environment, None)
         if init_timer is not None:
             init_timer.cancel()
-        if self._queue:
-            self._run(environment, self._queue.popleft())
-            return
+        while self._queue:
+            job = self._queue.popleft()
+            if not self._expired(job):
+                self._run(environment, job)
+                return
         if environment not in self._idle:
             self._idle.append(environment)
         if self._drained is not None:

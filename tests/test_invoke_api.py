@@ -379,6 +379,17 @@ class SplitFunctionNameTests(SynchronousTestCase):
             self.assertEqual(error.status, 400, raw)
 
 
+class InvalidNameTests(InvokeAPITestCase):
+    """Names and qualifiers AWS would refuse."""
+
+    def test_invalid_names_are_400(self) -> None:
+        """An over-long name, odd characters or a bad qualifier are 400 InvalidParameterValueException."""
+        for name, query in (("x" * 65, ""), ("a%20b", ""), ("echo", "?Qualifier=a%2Fb")):
+            reply = self.post(name, query=query)
+            self.assert_invoke_error(reply, 400, "InvalidParameterValueException")
+        self.assertEqual(self.invoker.calls, [])
+
+
 class ServerModeTests(InvokeAPITestCase):
     """The Lambda Server's Invoke API: no function of its own."""
 

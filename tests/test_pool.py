@@ -445,6 +445,19 @@ class TimeoutTests(PoolTestCase):
         self.assertEqual((error.status, error.error_type), (400, "InvalidRequestID"))
         self.assertEqual(self.successResultOf(result).outcome, Outcome.TIMEOUT)
 
+    def test_expired_invocation_is_not_delivered(self) -> None:
+        """An invocation whose caller's deadline has passed is answered Sandbox.Timedout without reaching a runtime."""
+        self.make_pool()
+        first, first_result = self.invoke()
+        environment = self.environment()
+        late, late_result = self.invoke(deadline=self.reactor.seconds() + 0.5)
+        self.reactor.advance(1.0)
+        self.assertEqual(self.next_event(environment).request_id, first.request_id)
+        environment.answer(first.request_id, Outcome.SUCCESS, b"1")
+        self.assertNoResult(environment.next_invocation())  # the late one is skipped
+        self.assertEqual(json.loads(self.successResultOf(late_result).body)["errorType"], "Sandbox.Timedout")
+        self.assertEqual(self.process(environment).signals, [])
+
     def test_answered_invocation_does_not_time_out(self) -> None:
         """An answer cancels the timer: nothing is killed at the timeout."""
         self.make_pool()

@@ -18,7 +18,7 @@ from typing import Any
 from pika.adapters.twisted_connection import ClosableDeferredQueue, TwistedChannel
 from pika.exceptions import ChannelClosedByBroker, NackError, UnroutableError
 from twisted.internet import defer
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, fail
 from twisted.internet.task import deferLater
 from twisted.internet.interfaces import IDelayedCall
 from twisted.logger import Logger
@@ -137,7 +137,11 @@ class AMQPInvoker:
         self._pending[request_id] = _Pending(
             invocation, result, timer, reroute_until=self._startup_reroute_until
         )
-        self._publish(invocation)
+        try:
+            self._publish(invocation)
+        except Exception as error:
+            self._forget(request_id)
+            return fail(ServiceUnavailable(f"the request could not be published: {error}"))
         return result
 
     async def _invoke_when_connected(self, invocation: Invocation) -> Result:
