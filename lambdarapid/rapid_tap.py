@@ -7,6 +7,7 @@ arguments are the runtime command, exactly as C{aws-lambda-rie} takes them.
 
 from __future__ import annotations
 
+import ctypes
 import os
 import sys
 from typing import Any, Callable, Mapping
@@ -25,6 +26,9 @@ from .invoke_api import InvokeAPI, InvokeAPIResource
 from .pool import Pool
 from .reaper import orphan_reaper
 from .web import ListenerService, QuietSite, bounded_request
+
+#: prctl(2)'s option controlling core dumps and ownership of /proc/<pid> files.
+PR_SET_DUMPABLE = 4
 
 ENVIRONMENT_HELP = """\
 Runs a Lambda function's runtime (its Runtime Interface Client) and serves
@@ -138,6 +142,19 @@ class RapidService(MultiService):
         return Deferred.fromCoroutine(self._stop())
 
 
+def hide_environment() -> None:
+    """
+    Keep the function from reading the broker's credentials in our
+    /proc/<pid>/environ: a process that is not "dumpable" has its /proc files
+    owned by root. A function running as root can still read them.
+    """
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(PR_SET_DUMPABLE, 0, 0, 0, 0)
+    except (OSError, AttributeError):  # not Linux
+        pass
+
+
 def make_rapid_service(
     config: RapidConfig, reactor: Any, output: Callable[[bytes], None]
 ) -> RapidService:
@@ -152,11 +169,14 @@ def make_rapid_service(
         openfaas=config.enable_openfaas,
         ready=service.ready,
     )
-    site = QuietSite(InvokeAPIResource(invoke_api), bounded_request(errors.MAX_SYNC_PAYLOAD))
+    site = QuietSite(
+        InvokeAPIResource(invoke_api), bounded_request(errors.MAX_SYNC_PAYLOAD), reactor
+    )
     ListenerService(reactor, config.invoke_host, config.port, site, "lambda-rapid").setServiceParent(
         service
     )
     if config.amqp_uri is not None:
+        hide_environment()
         service.amqp = AMQPConnectionService(parse_amqp_uri(config.amqp_uri), reactor)
         service.consumer = RPCConsumer(pool, config.function, config.amqp_prefetch, reactor)
         service.amqp.add_user(service.consumer)

@@ -62,7 +62,9 @@ def make_server_service(config: ServerConfig, reactor: Any) -> MultiService:
     connection.add_user(invoker)
     connection.setServiceParent(service)
     invoke_api = InvokeAPI(invoker, reactor, region=config.region)
-    site = QuietSite(InvokeAPIResource(invoke_api), bounded_request(errors.MAX_SYNC_PAYLOAD))
+    site = QuietSite(
+        InvokeAPIResource(invoke_api), bounded_request(errors.MAX_SYNC_PAYLOAD), reactor
+    )
     ListenerService(reactor, config.invoke_host, config.port, site, "lambda-server").setServiceParent(
         service
     )

@@ -29,6 +29,10 @@ from .logs import observer
 log = Logger(observer=observer)
 
 
+#: Seconds an Invoke API connection may sit idle or half-sent before it is closed.
+IDLE_CONNECTION_TIMEOUT = 60
+
+
 class BoundedRequest(Request):
     """A request that keeps at most C{max_body} bytes of its body."""
 
@@ -117,17 +121,29 @@ class QuietChannel(HTTPChannel):
 
 class QuietSite(Site):
     """
-    A L{Site} tuned for an API: no form parsing, no access log, no idle timeout,
-    no start/stop chatter, and plain HTTP/1.1 channels (no protocol-negotiation
+    A L{Site} tuned for an API: no form parsing, no access log, a short idle
+    timeout, no start/stop chatter, and plain HTTP/1.1 channels (no protocol-negotiation
     proxy in front of every read: there is no TLS here to negotiate HTTP/2 on).
     """
 
     noisy = False
     protocol = QuietChannel  # type: ignore[assignment]
 
-    def __init__(self, resource: IResource, request_class: type[Request] = BoundedRequest):
-        super().__init__(resource, requestFactory=request_class, parsePOSTFormSubmission=False)
-        self.timeOut = None
+    def __init__(
+        self,
+        resource: IResource,
+        request_class: type[Request] = BoundedRequest,
+        reactor: Any = None,
+    ):
+        super().__init__(
+            resource,
+            requestFactory=request_class,
+            parsePOSTFormSubmission=False,
+            reactor=reactor,
+        )
+        # Idle (or half-sent) connections go after a minute; a request being
+        # answered is never timed out, however long its invocation runs.
+        self.timeOut = IDLE_CONNECTION_TIMEOUT
 
     def log(self, request: Any) -> None:
         """No access log: it costs more than the rest of a small request."""

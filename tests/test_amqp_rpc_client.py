@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import base64
 import json
+import os
 import time
 import uuid
 from typing import Any
@@ -92,6 +93,14 @@ class UpstreamClientTests(TestCase):
             told["trace_id"],
             "Root=1-5bef4de7-ad49b0e87f6ef6c87fc2e700Lambda-Runtime-Deadline-Ms: 99999999999999",
         )
+
+    async def test_daemon_hides_its_environment(self) -> None:
+        """With AMQP_URI set, the daemon makes itself non-dumpable, so its /proc/<pid>/environ is root's only."""
+        import ctypes
+
+        await self.daemon()
+        PR_GET_DUMPABLE = 3
+        self.assertEqual(ctypes.CDLL(None).prctl(PR_GET_DUMPABLE, 0, 0, 0, 0), 0)
 
     async def test_any_correlation_id_is_answered(self) -> None:
         """A correlation_id unfit for a Runtime API path still gets its reply, under that id."""
