@@ -94,8 +94,11 @@ def stdout_writer() -> Callable[[bytes], None]:
     stream = sys.stdout.buffer
 
     def write(data: bytes) -> None:
-        stream.write(data)
-        stream.flush()
+        try:
+            stream.write(data)
+            stream.flush()
+        except (BrokenPipeError, ValueError):
+            pass  # nobody reads our stdout any more: the runtimes still run
 
     return write
 
