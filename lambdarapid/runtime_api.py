@@ -183,13 +183,7 @@ class RuntimeAPI:
             raise errors.invalid_response_mode(mode.decode("utf-8", "replace"))
         body = request.body
         if body is None:
-            self._environment.answer(
-                request_id,
-                Outcome.FUNCTION_ERROR,
-                errors.RESPONSE_TOO_LARGE,
-                "Function.ResponseSizeTooLarge",
-            )
-            raise errors.entity_too_large()
+            raise self._too_large(request_id)
         if mode is not None and _ERROR_TYPE in request.headers:
             # A streamed response that failed midway reports it in its trailers.
             error_type, document = _error_document(request, b"")
@@ -198,15 +192,19 @@ class RuntimeAPI:
             self._environment.answer(request_id, Outcome.SUCCESS, body)
         return _accepted()
 
+    def _too_large(self, request_id: str) -> errors.APIError:
+        """The caller gets Function.ResponseSizeTooLarge; the runtime the 413 returned."""
+        self._environment.answer(
+            request_id,
+            Outcome.FUNCTION_ERROR,
+            errors.RESPONSE_TOO_LARGE,
+            "Function.ResponseSizeTooLarge",
+        )
+        return errors.entity_too_large()
+
     def error(self, request: _Request, request_id: str) -> _Response:
         if request.body is None:
-            self._environment.answer(
-                request_id,
-                Outcome.FUNCTION_ERROR,
-                errors.RESPONSE_TOO_LARGE,
-                "Function.ResponseSizeTooLarge",
-            )
-            raise errors.entity_too_large()
+            raise self._too_large(request_id)
         error_type, body = _error_document(request, request.body)
         self._environment.answer(request_id, Outcome.FUNCTION_ERROR, body, error_type)
         return _accepted()
