@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import ctypes
 import os
+import signal
 import sys
 from typing import Any, Callable, Mapping
 
@@ -108,10 +109,12 @@ class RapidService(MultiService):
 
     log = Logger(observer=logs.observer)
 
-    def __init__(self, config: RapidConfig, pool: Pool) -> None:
+    def __init__(self, config: RapidConfig, pool: Pool, reactor: Any = None) -> None:
         super().__init__()
         self.config = config
         self.pool = pool
+        #: Set by the start commands: a second SIGTERM/SIGINT while draining stops at once.
+        self.reactor_for_signals: Any = reactor
         self.consumer: RPCConsumer | None = None
         self.amqp: AMQPConnectionService | None = None
 
@@ -136,6 +139,7 @@ class RapidService(MultiService):
 
     async def _stop(self) -> None:
         self.log.info("stopping: draining in-flight invocations")
+        self._hurry_on_second_signal()
         if self.consumer is not None:
             await self.consumer.stop_consuming()
         await self.pool.stop()
@@ -143,6 +147,21 @@ class RapidService(MultiService):
 
     def stopService(self) -> Deferred[None]:
         return Deferred.fromCoroutine(self._stop())
+
+    def _hurry_on_second_signal(self) -> None:
+        reactor = self.reactor_for_signals
+        if reactor is None:
+            return
+
+        def hurry(signum: int, frame: object) -> None:
+            reactor.callFromThread(self._hurry)
+
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(signum, hurry)
+
+    def _hurry(self) -> None:
+        self.log.warn("asked again to stop: stopping the runtimes now")
+        self.pool.stop_now()
 
 
 def hide_environment() -> None:
@@ -190,7 +209,9 @@ def make_rapid_service(
 
 
 def makeService(options: Options, reactor: Any = None) -> RapidService:
-    """twistd's entry point."""
+    """twistd's (and the script's) entry point: a process of its own, whose signals are ours."""
     if reactor is None:
         from twisted.internet import reactor
-    return make_rapid_service(options["config"], reactor, stdout_writer())
+    service = make_rapid_service(options["config"], reactor, stdout_writer())
+    service.reactor_for_signals = reactor
+    return service

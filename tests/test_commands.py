@@ -229,6 +229,26 @@ class CommandTests:
         test.assertLess(time.monotonic() - signalled, 5)
         test.assertNotIn(b"Traceback", child.stdout + child.stderr)
 
+    async def test_second_sigterm_stops_at_once(self) -> None:
+        """A second SIGTERM while draining stops the runtimes now: the in-flight caller gets Runtime.ExitError."""
+        test: TestCase = self  # type: ignore[assignment]
+        child, client = self.start(
+            "handlers.sleep", SHUTDOWN_TIMEOUT="30", AWS_LAMBDA_FUNCTION_TIMEOUT="60"
+        )
+        warm = await self.first_invoke(child, client, {"seconds": 0})
+        test.assertEqual(warm.status, 200)
+        in_flight = client.invoke({"seconds": 20})
+        await child.wait_for(b"sleeping 20.0")
+        child.signal(signal.SIGTERM)
+        await child.wait_for(b"draining")
+        signalled = time.monotonic()
+        child.signal(signal.SIGTERM)
+        answered = await in_flight
+        test.assertEqual(answered.json()["errorType"], "Runtime.ExitError")
+        await child.finished(timeout=10)
+        test.assertLess(time.monotonic() - signalled, 5)
+        test.assertNotIn(b"Traceback", child.stdout + child.stderr)
+
 
 class TwistdTests(CommandTests, TestCase):
     """C{twistd -n --pidfile= lambda-rapid RUNTIME...}."""
