@@ -28,8 +28,6 @@ from twisted.trial.unittest import SynchronousTestCase
 from twisted.web.client import URI, Agent
 from twisted.web.http_headers import Headers
 from twisted.web.iweb import IAgent, IAgentEndpointFactory, IBodyProducer, IResponse
-from twisted.internet.protocol import Factory
-from twisted.web.server import Site
 from zope.interface import implementer
 
 import treq
@@ -216,7 +214,7 @@ class SiteAgent:
     that the site's request factory (a C{BoundedRequest}) is the one used.
     """
 
-    def __init__(self, site: Factory) -> None:
+    def __init__(self, site: Any) -> None:
         self._reactor = MemoryReactorClock()
         self._agent = Agent.usingEndpointFactory(self._reactor, _MemoryEndpoints(self._reactor))
         self._site = site
@@ -279,7 +277,7 @@ class Reply:
 class InMemoryHTTP:
     """A treq client for C{site}, with no sockets."""
 
-    def __init__(self, site: Factory) -> None:
+    def __init__(self, site: Any) -> None:
         self.agent = SiteAgent(site)
         self.client = HTTPClient(self.agent, data_to_body_producer=BytesProducer)
 

@@ -113,15 +113,18 @@ class ClosedChannelTests(TestCase):
         first = await http.invoke(server.url, name, {"before": True})
         self.assertEqual(first.status, 200)
         # A publish to an exchange that does not exist: RabbitMQ closes that channel (404).
-        consumer_channel = daemon.service.consumer._channel
+        consumer = daemon.service.consumer
+        assert consumer is not None
+        consumer_channel = consumer._channel
         server_channel = server.service_invoker()._rpc
+        assert consumer_channel is not None and server_channel is not None
         for channel in (consumer_channel, server_channel):
             channel._channel.basic_publish(exchange="no-such-exchange", routing_key="x", body=b"")
         await eventually(
             reactor,
             lambda: daemon.connected
             and server.connected
-            and daemon.service.consumer._channel is not consumer_channel
+            and consumer._channel is not consumer_channel
             and server.service_invoker()._rpc is not server_channel,
             10,
             "reconnected",

@@ -38,11 +38,9 @@ from lambdarapid.config import DAEMON_VARIABLES
 from lambdarapid.testing import InvokeClient, InvokeResult, free_port, free_port_block
 
 from .executable import built_executable
-
 from .test_manifests import (
     KIND_LAMBDA,
     KIND_OPENFAAS,
-    ROOT,
     container_environ,
     daemon_config,
     dockerfile_handler,

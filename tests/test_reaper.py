@@ -36,7 +36,7 @@ class ReapOrphansTests(SynchronousTestCase):
     def test_twisted_process_is_left_to_twisted(self) -> None:
         """An exited child Twisted spawned is left for Twisted's own reaping."""
         pid = exited_child()
-        process.reapProcessHandlers[pid] = object()  # as registered by spawnProcess
+        process.reapProcessHandlers[pid] = object()  # type: ignore[assignment]  # as spawnProcess registers
         self.addCleanup(process.reapProcessHandlers.pop, pid)
         self.addCleanup(os.waitpid, pid, 0)
         self.assertEqual(reap_orphans(), 0)

@@ -9,6 +9,7 @@ import base64
 import json
 from typing import Any
 
+from twisted.internet.address import IPv4Address
 from twisted.internet.defer import Deferred
 from twisted.trial.unittest import SynchronousTestCase
 from twisted.internet.error import ConnectionDone
@@ -376,14 +377,15 @@ class HangUpTests(RuntimeAPITestCase):
         self.assertNoResult(result)
 
 
-class RawHTTPTests(RuntimeAPITestCase):
-    """The HTTP/1.1 details of the Runtime API's own protocol, byte by byte."""
+class RawConnectionTestCase(RuntimeAPITestCase):
+    """Runtime API tests that speak raw bytes on a connection of their own."""
 
     def connect(self) -> tuple[Any, StringTransport]:
         """A fresh connection to the environment's Runtime API."""
         if not hasattr(self, "factory"):
             [(_, self.factory, _, _)] = self.reactor.tcpServers
-        protocol = self.factory.buildProtocol(None)
+        protocol = self.factory.buildProtocol(IPv4Address("TCP", "127.0.0.1", 40000))
+        assert protocol is not None
         transport = StringTransport()
         protocol.makeConnection(transport)
         return protocol, transport
@@ -400,6 +402,10 @@ class RawHTTPTests(RuntimeAPITestCase):
             found.append((status, rest[:length]))
             data = rest[length:]
         return found
+
+
+class RawHTTPTests(RawConnectionTestCase):
+    """The HTTP/1.1 details of the Runtime API's own protocol, byte by byte."""
 
     def test_keep_alive_and_pipelining(self) -> None:
         """Requests on one connection, even sent together, are answered in order on it."""
@@ -482,7 +488,9 @@ class RawHTTPTests(RuntimeAPITestCase):
         self.invoke()
         first, _ = self.connect()
         first.dataReceived(b"GET " + NEXT.encode() + b" HTTP/1.1\r\nHost: x\r\n\r\n")
-        self.successResultOf(self.http.request("POST", response_path(self.environment.current.request_id), b"1"))
+        current = self.environment.current
+        assert current is not None
+        self.successResultOf(self.http.request("POST", response_path(current.request_id), b"1"))
         protocol, transport = self.connect()
         protocol.dataReceived(b"GET " + NEXT.encode() + b" HTTP/1.1\r\nHost: x\r\n\r\n")
         protocol.connectionLost(Failure(ConnectionDone()))
@@ -493,11 +501,8 @@ class RawHTTPTests(RuntimeAPITestCase):
         self.assertEqual(self.responses(transport), [(200, b'"later"')])
 
 
-class LargeBodyTests(RuntimeAPITestCase):
+class LargeBodyTests(RawConnectionTestCase):
     """Bodies near and over the limit as curl sends them, and out-of-turn garbage."""
-
-    connect = RawHTTPTests.connect
-    responses = staticmethod(RawHTTPTests.responses)
 
     def test_expect_100_continue_is_answered(self) -> None:
         """A request with Expect: 100-continue gets 100 Continue before its body is sent."""
