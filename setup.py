@@ -17,6 +17,7 @@ setup(
         "twisted>=24.7",
         "klein>=24.8",
         "httptools>=0.6",
+        "orjson>=3.9",
         "pika>=1.3",
         "service-identity>=24.1",
         "pyopenssl",

@@ -12,7 +12,9 @@ import shutil
 import sys
 from dataclasses import dataclass, field
 from typing import Callable, Mapping, Sequence, TypeVar
+from urllib.parse import quote, urlsplit, urlunsplit
 
+import pika
 from twisted.logger import LogLevel
 
 T = TypeVar("T")
@@ -61,10 +63,23 @@ DAEMON_VARIABLES = frozenset(
 
 #: The account id in ARNs we make up; the same one the AWS RIE uses.
 ACCOUNT_ID = "012345678912"
+#: The name the AWS RIE answers to, whatever the function is called.
+RIE_FUNCTION_NAME = "function"
 
 
 class ConfigError(ValueError):
     """A setting is missing or malformed; the message names it."""
+
+
+def function_arn(region: str, name: str, qualifier: str | None = None) -> str:
+    """A function's ARN in our made-up account, with its qualifier if any."""
+    arn = f"arn:aws:lambda:{region}:{ACCOUNT_ID}:function:{name}"
+    return f"{arn}:{qualifier}" if qualifier else arn
+
+
+def endpoint_description(host: str, port: int) -> str:
+    """A TCP server endpoint description for C{host}:C{port} (IPv6 colons escaped)."""
+    return f"tcp:{port}:interface={host.replace(':', chr(92) + ':')}"
 
 
 @dataclass(frozen=True)
@@ -74,14 +89,24 @@ class Function:
     name: str
     version: str = "$LATEST"
     region: str = "us-east-1"
-    account: str = ACCOUNT_ID
     memory_size: int = 3008
     timeout: float = 3.0
 
     def arn(self, qualifier: str | None = None) -> str:
         """The function's ARN, with the qualifier the caller used, if any."""
-        arn = f"arn:aws:lambda:{self.region}:{self.account}:function:{self.name}"
-        return f"{arn}:{qualifier}" if qualifier else arn
+        return function_arn(self.region, self.name, qualifier)
+
+    def serves(self, name: str, qualifier: str | None) -> bool:
+        """
+        Whether an invocation of C{name} (already split from its qualifier) is
+        this function's: its own name or the RIE's C{function}, unqualified,
+        C{$LATEST} or its version. Every transport decides the same way.
+        """
+        return name in (self.name, RIE_FUNCTION_NAME) and qualifier in (
+            None,
+            "$LATEST",
+            self.version,
+        )
 
 
 @dataclass(frozen=True)
@@ -102,7 +127,8 @@ class RapidConfig:
     log_level: LogLevel = LogLevel.info
     print_reports: bool = False
     enable_openfaas: bool = False
-    amqp_uri: str | None = None
+    #: Holds the broker's password: kept out of repr, and so out of every log.
+    amqp_uri: str | None = field(default=None, repr=False)
     amqp_prefetch: int = 5
     runtime_environ: Mapping[str, str] = field(default_factory=dict)
 
@@ -111,7 +137,8 @@ class RapidConfig:
 class ServerConfig:
     """The Lambda Server's settings."""
 
-    amqp_uri: str = DEFAULT_SERVER_AMQP_URI
+    #: Holds the broker's password: kept out of repr, and so out of every log.
+    amqp_uri: str = field(default=DEFAULT_SERVER_AMQP_URI, repr=False)
     invoke_host: str = "0.0.0.0"
     port: int = 8080
     timeout: float = 1800.0
@@ -164,14 +191,36 @@ def _level(raw: str) -> LogLevel:
     return LOG_LEVELS[raw.upper()]
 
 
+def _with_credentials(uri: str, environ: Mapping[str, str]) -> str:
+    parts = urlsplit(uri)
+    if parts.username or not (environ.get("AMQP_USERNAME") or environ.get("AMQP_PASSWORD")):
+        return uri
+    user = quote(environ.get("AMQP_USERNAME", "guest"), safe="")
+    password = quote(environ.get("AMQP_PASSWORD", "guest"), safe="")
+    netloc = f"{user}:{password}@{parts.netloc}"
+    return urlunsplit(parts._replace(netloc=netloc))
+
+
+def parse_amqp_uri(uri: str) -> pika.URLParameters:
+    """pika connection parameters for C{uri}; L{ConfigError} if it is malformed."""
+    scheme = urlsplit(uri).scheme
+    if scheme not in ("amqp", "amqps"):
+        raise ConfigError("AMQP_URI is not valid: it must start with amqp:// or amqps://")
+    try:
+        return pika.URLParameters(uri)
+    except Exception as error:  # pika raises a mix of ValueError and others
+        # Never echo the URI: it may hold a password.
+        raise ConfigError(f"AMQP_URI is not valid: {type(error).__name__}") from None
+
+
 def _amqp_uri(environ: Mapping[str, str], default: str | None) -> str | None:
+    """AMQP_URI with AMQP_USERNAME/AMQP_PASSWORD filled in, checked by pika's parser."""
     uri = environ.get("AMQP_URI", "").strip() or default
     if uri is None:
         return None
-    # Imported here: the daemon without AMQP never needs pika's URL parser.
-    from .amqp.parameters import complete_amqp_uri
-
-    return complete_amqp_uri(uri, environ)  # raises ConfigError naming AMQP_URI
+    complete = _with_credentials(uri, environ)
+    parse_amqp_uri(complete)
+    return complete
 
 
 def handler_of(command: Sequence[str], environ: Mapping[str, str]) -> str:

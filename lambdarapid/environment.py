@@ -29,7 +29,7 @@ from .config import RapidConfig
 from .invocation import Invocation, Outcome
 from .logs import observer
 from .runtime_api import RuntimeAPIFactory
-from .web import tcp_description
+from .config import endpoint_description as tcp_description
 
 #: How much of an invocation's output is kept for X-Amz-Log-Result.
 LOG_TAIL_BYTES = 4096

@@ -20,6 +20,8 @@ MAX_SYNC_PAYLOAD = 6_291_456
 MAX_ASYNC_PAYLOAD = 1_048_576
 #: The largest base64 X-Amz-Client-Context header.
 MAX_CLIENT_CONTEXT = 3_583
+#: The longest request line plus headers either HTTP API reads.
+MAX_REQUEST_HEAD = 16 * 1024
 
 
 @dataclass
@@ -36,9 +38,9 @@ class APIError(Exception):
 
 
 def _invoke_error(
-    status: int, error_type: str, message: str, **extra: Any
+    status: int, error_type: str, message: str, kind: str = "User", **extra: Any
 ) -> APIError:
-    document = {"Type": "User", "Message": message, **extra}
+    document = {"Type": kind, "Message": message, **extra}
     return APIError(status, error_type, json.dumps(document).encode())
 
 
@@ -73,6 +75,47 @@ def invalid_parameter(message: str) -> APIError:
     return _invoke_error(400, "InvalidParameterValueException", message)
 
 
+def invalid_json(detail: str) -> APIError:
+    """AWS's answer to a payload that is not JSON."""
+    return invalid_request_content(f"Could not parse request body into json: {detail}")
+
+
+def malformed_request(message: str, status: int = 400) -> APIError:
+    """
+    An HTTP request the Invoke API cannot frame (bad line endings, lengths,
+    chunk sizes): 400, or 413 for a body length over every limit.
+    """
+    if status == 413:
+        return _invoke_error(413, "RequestTooLargeException", message)
+    return _invoke_error(status, "InvalidRequestContentException", message)
+
+
+def header_fields_too_large(limit: int) -> APIError:
+    """431: the request line or headers are longer than the Invoke API reads."""
+    return _invoke_error(
+        431,
+        "RequestHeaderFieldsTooLargeException",
+        f"Request line and headers must be smaller than {limit} bytes",
+    )
+
+
+def uri_too_long(limit: int) -> APIError:
+    """414: the request's URL is longer than the Invoke API reads."""
+    return _invoke_error(414, "RequestURITooLongException", f"URI must be shorter than {limit} bytes")
+
+
+def internal_error(message: str = "An internal error occurred") -> APIError:
+    """500 in the Invoke API's shape: an error of ours, not the caller's."""
+    return _invoke_error(500, "ServiceException", message, kind="Service")
+
+
+def invoke_method_not_allowed(allowed: list[str]) -> APIError:
+    """405 on the Invoke API, with the methods the path does take."""
+    error = unknown_operation(405)
+    error.headers["Allow"] = ", ".join(allowed)
+    return error
+
+
 def service_unavailable(message: str, retry_after: int = 1) -> APIError:
     error = _invoke_error(503, "ServiceException", message)
     error.headers["Retry-After"] = str(retry_after)
@@ -88,9 +131,48 @@ def unknown_operation(status: int) -> APIError:
     )
 
 
+def function_error_body(error_type: str, message: str) -> bytes:
+    """
+    The C{{"errorMessage", "errorType"}} document: what runtimes post, what
+    the Runtime API answers, and what the daemon makes up when the function
+    could not answer (timeouts, exits, init failures).
+    """
+    return json.dumps({"errorMessage": message, "errorType": error_type}).encode()
+
+
 def _runtime_error(status: int, error_type: str, message: str) -> APIError:
-    body = json.dumps({"errorMessage": message, "errorType": error_type}).encode()
-    return APIError(status, error_type, body)
+    return APIError(status, error_type, function_error_body(error_type, message))
+
+
+def timed_out_message(request_id: str, seconds: float) -> str:
+    """Lambda's words for an invocation that ran out of time."""
+    return f"RequestId: {request_id} Error: Task timed out after {seconds:.2f} seconds"
+
+
+def timed_out_body(request_id: str, seconds: float) -> bytes:
+    """The C{Sandbox.Timedout} document a timed-out invocation answers."""
+    return function_error_body("Sandbox.Timedout", timed_out_message(request_id, seconds))
+
+
+def runtime_method_not_allowed(allowed: str) -> APIError:
+    """405 on the Runtime API, with the one method the route takes."""
+    error = _runtime_error(405, "MethodNotAllowed", f"use {allowed}")
+    error.headers["Allow"] = allowed
+    return error
+
+
+def malformed_runtime_request(message: str, status: int = 400) -> APIError:
+    """A Runtime API request that cannot be parsed (400) or is over a size cap (414, 431)."""
+    error_type = {
+        414: "RequestURITooLong",
+        431: "RequestHeaderFieldsTooLarge",
+    }.get(status, "InvalidRequest")
+    return _runtime_error(status, error_type, message)
+
+
+def container_error(message: str) -> APIError:
+    """500 to a runtime whose pending C{GET next} can no longer be answered with an event."""
+    return _runtime_error(500, "ContainerError", message)
 
 
 def invalid_request_id(request_id: str) -> APIError:
@@ -122,13 +204,11 @@ def not_found_route() -> APIError:
 
 
 #: What the caller gets when the function's response is over the limit.
-RESPONSE_TOO_LARGE = json.dumps(
-    {
-        "errorMessage": "Response payload size exceeded maximum allowed payload size "
-        f"({MAX_RUNTIME_RESPONSE} bytes).",
-        "errorType": "Function.ResponseSizeTooLarge",
-    }
-).encode()
+RESPONSE_TOO_LARGE = function_error_body(
+    "Function.ResponseSizeTooLarge",
+    "Response payload size exceeded maximum allowed payload size "
+    f"({MAX_RUNTIME_RESPONSE} bytes).",
+)
 
 #: The Runtime API's 202 body: always JSON (the .NET RIC crashes on an empty one).
 ACCEPTED = b'{"status":"OK"}'

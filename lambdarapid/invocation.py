@@ -8,14 +8,20 @@ Nothing here knows HTTP or AMQP.
 
 from __future__ import annotations
 
+import base64
+import binascii
 import enum
 import json
 import os
 import time
 import uuid
 from dataclasses import dataclass, field
+
+import orjson
 from twisted.internet.defer import Deferred
 from zope.interface import Interface
+
+from . import errors
 
 
 class InvocationType(enum.Enum):
@@ -146,6 +152,45 @@ def new_trace_id(now: float | None = None) -> str:
     )
 
 
-def error_body(error_type: str, message: str) -> bytes:
-    """The runtime-error JSON shape AWS uses for errors it makes up itself."""
-    return json.dumps({"errorMessage": message, "errorType": error_type}).encode()
+def payload_limit(invocation_type: InvocationType) -> int:
+    """The largest payload an invocation of this type may carry."""
+    if invocation_type is InvocationType.EVENT:
+        return errors.MAX_ASYNC_PAYLOAD
+    return errors.MAX_SYNC_PAYLOAD
+
+
+def check_payload(payload: bytes, invocation_type: InvocationType) -> bytes:
+    """
+    The payload to run, as every transport must check it: within its type's
+    limit (else 413) and JSON (else 400, as AWS answers). An empty payload is
+    C{{}}. orjson parses about four times faster than the json module, which
+    matters on the hot path for a megabyte payload.
+    """
+    limit = payload_limit(invocation_type)
+    if len(payload) > limit:
+        raise errors.request_too_large(limit)
+    if not payload:
+        return b"{}"
+    try:
+        orjson.loads(payload)
+    except orjson.JSONDecodeError as error:
+        raise errors.invalid_json(str(error)) from None
+    return payload
+
+
+def decode_client_context(raw: bytes) -> str:
+    """The decoded JSON of a base64 X-Amz-Client-Context header, compact, for one header line."""
+    if len(raw) > errors.MAX_CLIENT_CONTEXT:
+        raise errors.invalid_request_content(
+            f"Client context must be at most {errors.MAX_CLIENT_CONTEXT} bytes."
+        )
+    try:
+        document = json.loads(base64.b64decode(raw, validate=True).decode("utf-8"))
+        if not isinstance(document, dict):
+            raise ValueError(document)
+        # Compact and ASCII-only: it travels as one header line to the runtime.
+        return json.dumps(document, separators=(",", ":"))
+    except (binascii.Error, ValueError, RecursionError):
+        raise errors.invalid_request_content(
+            "Client context must be a valid Base64-encoded JSON object."
+        ) from None

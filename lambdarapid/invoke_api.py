@@ -9,8 +9,6 @@ client) for the L{Result}, and answers the way botocore expects.
 from __future__ import annotations
 
 import base64
-import binascii
-import json
 import re
 from urllib.parse import unquote
 from typing import Any, Callable
@@ -33,6 +31,7 @@ from .invocation import (
     Result,
     ServiceUnavailable,
     TooManyRequests,
+    decode_client_context,
     new_trace_id,
 )
 from .web import FastRoutes, read_body
@@ -73,24 +72,6 @@ def split_function_name(raw: str, qualifier: str | None) -> tuple[str, str | Non
             "The derived qualifier from the function name does not match the specified qualifier."
         )
     return name, derived or qualifier or None
-
-
-def decode_client_context(raw: bytes) -> str:
-    """The decoded JSON of a base64 X-Amz-Client-Context header."""
-    if len(raw) > errors.MAX_CLIENT_CONTEXT:
-        raise errors.invalid_request_content(
-            f"Client context must be at most {errors.MAX_CLIENT_CONTEXT} bytes."
-        )
-    try:
-        document = json.loads(base64.b64decode(raw, validate=True).decode("utf-8"))
-        if not isinstance(document, dict):
-            raise ValueError(document)
-        # Compact and ASCII-only: it travels as one header line to the runtime.
-        return json.dumps(document, separators=(",", ":"))
-    except (binascii.Error, ValueError, RecursionError):
-        raise errors.invalid_request_content(
-            "Client context must be a valid Base64-encoded JSON object."
-        ) from None
 
 
 def as_api_error(error: BaseException) -> errors.APIError | None:

@@ -20,7 +20,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from . import reports
+from . import errors, reports
 from .config import RapidConfig
 from .environment import LOG_TAIL_BYTES, ExecutionEnvironment, EnvironmentOwner, State
 from .invocation import (
@@ -32,7 +32,6 @@ from .invocation import (
     ServiceUnavailable,
     TooManyRequests,
     Withdrawn,
-    error_body,
 )
 from .logs import observer
 
@@ -197,7 +196,7 @@ class Pool:
             job.result.callback(
                 Result(
                     outcome=Outcome.TIMEOUT,
-                    body=error_body("Sandbox.Timedout", message),
+                    body=errors.function_error_body("Sandbox.Timedout", message),
                     request_id=job.invocation.request_id,
                     executed_version=self._function.version,
                     error_type="Sandbox.Timedout",
@@ -218,7 +217,7 @@ class Pool:
             environment,
             job,
             Outcome.TIMEOUT,
-            error_body("Sandbox.Timedout", message),
+            errors.function_error_body("Sandbox.Timedout", message),
             "Sandbox.Timedout",
         )
         self.log.warn("{message}", message=message)
@@ -346,7 +345,7 @@ class Pool:
             environment,
             job,
             Outcome.RUNTIME_EXIT,
-            error_body("Runtime.ExitError", message),
+            errors.function_error_body("Runtime.ExitError", message),
             "Runtime.ExitError",
         )
 
@@ -400,7 +399,7 @@ class Pool:
         message = f"Runtime init timed out after {seconds:.2f} seconds"
         self.log.error("environment #{index}: {message}", index=environment.index, message=message)
         if environment.init_error is None:
-            environment.init_error = ("Sandbox.Timedout", error_body("Sandbox.Timedout", message))
+            environment.init_error = ("Sandbox.Timedout", errors.function_error_body("Sandbox.Timedout", message))
         environment.kill()
 
     def _start_failed(self, failure: Failure, environment: ExecutionEnvironment) -> None:

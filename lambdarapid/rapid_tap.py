@@ -22,7 +22,7 @@ from . import errors, logs
 from .amqp.connection import AMQPConnectionService
 from .amqp.consumer import RPCConsumer
 from .amqp.parameters import parse_amqp_uri
-from .config import ConfigError, RapidConfig, rapid_config
+from .config import ConfigError, RapidConfig, endpoint_description, rapid_config
 from .invoke_api import InvokeAPI, InvokeAPIResource
 from .pool import Pool
 from .reaper import orphan_reaper
@@ -117,6 +117,7 @@ class RapidService(MultiService):
         self.reactor_for_signals: Any = reactor
         self.consumer: RPCConsumer | None = None
         self.amqp: AMQPConnectionService | None = None
+        self.listener: ListenerService | None = None
 
     def ready(self) -> bool:
         """Whether the daemon can take invocations: running, not draining, broker up if used."""
@@ -194,9 +195,10 @@ def make_rapid_service(
     site = QuietSite(
         InvokeAPIResource(invoke_api), bounded_request(errors.MAX_SYNC_PAYLOAD), reactor
     )
-    ListenerService(reactor, config.invoke_host, config.port, site, "lambda-rapid").setServiceParent(
-        service
+    service.listener = ListenerService(
+        reactor, endpoint_description(config.invoke_host, config.port), site, "Invoke API"
     )
+    service.listener.setServiceParent(service)
     if config.amqp_uri is not None:
         hide_environment()
         service.amqp = AMQPConnectionService(parse_amqp_uri(config.amqp_uri), reactor)

@@ -16,7 +16,7 @@ from . import errors, logs
 from .amqp.connection import AMQPConnectionService
 from .amqp.invoker import AMQPInvoker
 from .amqp.parameters import parse_amqp_uri
-from .config import ConfigError, ServerConfig, server_config
+from .config import ConfigError, ServerConfig, endpoint_description, server_config
 from .invoke_api import InvokeAPI, InvokeAPIResource
 from .web import ListenerService, QuietSite, bounded_request
 
@@ -53,10 +53,16 @@ class Options(usage.Options):
             raise SystemExit(f"lambda-server: {error}") from None
 
 
-def make_server_service(config: ServerConfig, reactor: Any) -> MultiService:
+class ServerService(MultiService):
+    """The Lambda Server: its broker connection and its Invoke API listener."""
+
+    listener: ListenerService | None = None
+
+
+def make_server_service(config: ServerConfig, reactor: Any) -> ServerService:
     """The Lambda Server's services for C{config}, on C{reactor}."""
     logs.set_level(config.log_level)
-    service = MultiService()
+    service = ServerService()
     connection = AMQPConnectionService(parse_amqp_uri(config.amqp_uri), reactor)
     invoker = AMQPInvoker(reactor, config.timeout)
     connection.add_user(invoker)
@@ -65,13 +71,14 @@ def make_server_service(config: ServerConfig, reactor: Any) -> MultiService:
     site = QuietSite(
         InvokeAPIResource(invoke_api), bounded_request(errors.MAX_SYNC_PAYLOAD), reactor
     )
-    ListenerService(reactor, config.invoke_host, config.port, site, "lambda-server").setServiceParent(
-        service
+    service.listener = ListenerService(
+        reactor, endpoint_description(config.invoke_host, config.port), site, "Invoke API"
     )
+    service.listener.setServiceParent(service)
     return service
 
 
-def makeService(options: Options, reactor: Any = None) -> MultiService:
+def makeService(options: Options, reactor: Any = None) -> ServerService:
     """twistd's entry point."""
     if reactor is None:
         from twisted.internet import reactor

@@ -368,12 +368,11 @@ class RunningDaemon:
         self.port = config.port
 
     def _watch_invoke_endpoint(self) -> _WatchedEndpoint:
-        for child in self.service:
-            if isinstance(child, StreamServerEndpointService):
-                watched = _WatchedEndpoint(child.endpoint)
-                child.endpoint = watched
-                return watched
-        raise RuntimeError("make_rapid_service built no listening service")
+        listener = self.service.listener
+        assert listener is not None
+        watched = _WatchedEndpoint(listener._endpoint)
+        listener._endpoint = watched
+        return watched
 
     async def _start(self) -> None:
         self.service.startService()

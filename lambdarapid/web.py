@@ -13,11 +13,12 @@ from __future__ import annotations
 import io
 from typing import Any, Callable, ClassVar
 
-from twisted.application.internet import StreamServerEndpointService
+from twisted.application.service import Service
 from twisted.internet.endpoints import serverFromString
 from twisted.internet.error import CannotListenError
 from twisted.internet.interfaces import ITCPTransport
-from twisted.internet.defer import CancelledError, Deferred
+from twisted.internet.defer import CancelledError, Deferred, succeed
+from twisted.internet.interfaces import IListeningPort
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web.http import HTTPChannel
@@ -149,37 +150,63 @@ class QuietSite(Site):
         """No access log: it costs more than the rest of a small request."""
 
 
-def interface_string(host: str) -> str:
-    """C{host} escaped for an endpoint description (IPv6 colons)."""
-    return host.replace(":", "\\:")
-
-
-def tcp_description(host: str, port: int) -> str:
-    """A server endpoint description for C{host}:C{port}."""
-    return f"tcp:{port}:interface={interface_string(host)}"
-
-
-
-class ListenerService(StreamServerEndpointService):
+class ListenerService(Service):
     """
-    Listens at start, or stops the program with one line saying why: a daemon
-    that cannot take invocations must not look healthy.
+    Listens on C{description} while running, and says where it listens.
+
+    A port that cannot be had raises L{CannotListenError} from
+    L{privilegedStartService}, synchronously: the program's edge (the console
+    scripts, twistd's C{makeService}) turns it into one line and an exit.
     """
 
-    _raiseSynchronously = True
+    log = Logger(observer=observer)
 
-    def __init__(self, reactor: Any, host: str, port: int, site: Site, program: str) -> None:
-        super().__init__(serverFromString(reactor, tcp_description(host, port)), site)
-        self._where = f"{host}:{port}"
-        self._program = program
+    def __init__(self, reactor: Any, description: str, factory: Any, name: str) -> None:
+        self._endpoint = serverFromString(reactor, description)
+        self._factory = factory
+        self._what = name
+        #: Fires with the listening port (or its failure) once listening was tried.
+        self.listening: Deferred[IListeningPort] = Deferred()
+        self.port: IListeningPort | None = None
 
     def privilegedStartService(self) -> None:
-        try:
-            super().privilegedStartService()
-        except CannotListenError as error:
-            raise SystemExit(
-                f"{self._program}: cannot listen on {self._where}: {error.socketError}"
-            ) from None
+        super().privilegedStartService()
+        failures: list[Failure] = []
+        self._endpoint.listen(self._factory).addCallbacks(self._listened, failures.append)
+        if failures:
+            self.listening.errback(failures[0])
+            self.listening.addErrback(lambda _: None)  # raised below, not also logged
+            failures[0].raiseException()
+
+    def _listened(self, port: IListeningPort) -> None:
+        self.port = port
+        address = port.getHost()
+        self.log.info(
+            "{what} listening on {host}:{port}",
+            what=self._what,
+            host=getattr(address, "host", "?"),
+            port=getattr(address, "port", "?"),
+        )
+        self.listening.callback(port)
+
+    def startService(self) -> None:
+        if self.port is None and not self.listening.called:
+            self.privilegedStartService()
+        super().startService()
+
+    def stopService(self) -> Deferred[None]:
+        super().stopService()
+        port, self.port = self.port, None
+        if port is None:
+            return succeed(None)
+        stopped = port.stopListening()
+        return stopped if isinstance(stopped, Deferred) else succeed(None)
+
+
+def listen_error_line(program: str, error: CannotListenError) -> str:
+    """The one line a program stops with when its port is taken."""
+    where = f"{error.interface or '0.0.0.0'}:{error.port}"
+    return f"{program}: cannot listen on {where}: {error.socketError}"
 
 
 class FastRoutes(Resource):

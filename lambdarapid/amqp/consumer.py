@@ -34,9 +34,9 @@ from ..invocation import (
     ServiceUnavailable,
     TooManyRequests,
     Withdrawn,
+    decode_client_context,
     new_trace_id,
 )
-from ..invoke_api import decode_client_context
 from ..logs import observer
 from .connection import reconnect_if_closed
 from .messages import header_text, reply_properties

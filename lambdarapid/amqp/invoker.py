@@ -32,8 +32,8 @@ from ..invocation import (
     Outcome,
     Result,
     ServiceUnavailable,
-    error_body,
 )
+from .. import errors
 from ..logs import observer
 from .connection import reconnect_if_closed
 from .messages import DIRECT_REPLY_TO, request_properties, result_from_reply
@@ -254,7 +254,7 @@ class AMQPInvoker:
         pending.result.callback(
             Result(
                 outcome=Outcome.TIMEOUT,
-                body=error_body("Sandbox.Timedout", message),
+                body=errors.function_error_body("Sandbox.Timedout", message),
                 request_id=request_id,
                 error_type="Sandbox.Timedout",
                 duration=self._timeout,
