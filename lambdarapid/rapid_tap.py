@@ -7,31 +7,30 @@ arguments are the runtime command, exactly as C{aws-lambda-rie} takes them.
 
 from __future__ import annotations
 
-import ctypes
 import os
-import signal
 import sys
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Mapping, Sequence
 
 from twisted.application.service import MultiService
 from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 from twisted.python import usage
 
-from . import errors, logs
+from . import __version__, errors, logs
 from .amqp.connection import AMQPConnectionService
 from .amqp.consumer import RPCConsumer
 from .amqp.parameters import parse_amqp_uri
 from .config import ConfigError, RapidConfig, endpoint_description, rapid_config
 from .invoke_api import InvokeAPI, InvokeAPIResource
 from .pool import Pool
+from .output import stdout_writer
+from .program import ProgramService, hide_environment, usage_text
 from .reaper import orphan_reaper
 from .web import ListenerService, QuietSite, bounded_request
 
-#: prctl(2)'s option controlling core dumps and ownership of /proc/<pid> files.
-PR_SET_DUMPABLE = 4
+SYNOPSIS = "[OPTIONS] [RUNTIME_COMMAND [ARG ...]]"
 
-ENVIRONMENT_HELP = """\
+HELP = """\
 Runs a Lambda function's runtime (its Runtime Interface Client) and serves
 the Lambda Invoke API, as `aws-lambda-rie RUNTIME_COMMAND...` does.
 
@@ -39,7 +38,19 @@ The handler is the last argument when there are two or more, else $_HANDLER.
 With no command, the first of /var/task/bootstrap, /opt/bootstrap and
 /var/runtime/bootstrap is run.
 
-Environment variables:
+Options (the AWS RIE's, accepted before or after the runtime command):
+  --runtime-interface-emulator-address HOST:PORT
+                                   where the Invoke API listens (0.0.0.0:8080);
+                                   sets INVOKE_API_HOST and PORT
+  --runtime-api-address HOST:PORT  where runtimes find the Runtime API
+                                   (127.0.0.1:9001); sets RUNTIME_API_HOST and
+                                   RUNTIME_API_PORT
+  --log-level LEVEL                sets LOG_LEVEL
+  --enable-init-caching            accepted and ignored
+  --help                           print this text
+  --version                        print lambdarapid's version
+
+Environment variables (default in parentheses):
   LOG_LEVEL                        PANIC FATAL ERROR WARNING INFO DEBUG TRACE (INFO)
   PRINT_REPORTS                    true: print START/END/REPORT lines (false)
   INVOKE_API_HOST, PORT            where the Invoke API listens (0.0.0.0, 8080)
@@ -57,51 +68,108 @@ Environment variables:
   AMQP_URI                         amqp[s]://user:pass@host:port/vhost?...: also
                                    serve invocations from the queue named after
                                    the function (unset: HTTP only)
-  AMQP_USERNAME, AMQP_PASSWORD     credentials missing from AMQP_URI
+  AMQP_USERNAME, AMQP_PASSWORD     credentials missing from AMQP_URI (unset)
   AMQP_PREFETCH                    unacknowledged deliveries (5 x MAX_CONCURRENCY)
-  ENABLE_OPENFAAS                  true: also serve the OpenFaaS watchdog routes
+  ENABLE_OPENFAAS                  true: also serve the OpenFaaS watchdog routes (false)
 
-Example:
+Examples:
   lambda-rapid python3 -m awslambdaric echo.handler
   curl -d '{"hello":"world"}' \\
     http://localhost:8080/2015-03-31/functions/function/invocations
 """
 
+#: The AWS RIE's command-line options that take a value, and what each sets.
+_RIE_VALUE_OPTIONS = {
+    "--runtime-interface-emulator-address": ("INVOKE_API_HOST", "PORT"),
+    "--runtime-api-address": ("RUNTIME_API_HOST", "RUNTIME_API_PORT"),
+    "--log-level": ("LOG_LEVEL",),
+}
+#: The RIE's flags that take no value and change nothing here.
+_RIE_IGNORED_FLAGS = frozenset({"--enable-init-caching"})
+
+
+def _host_port(option: str, value: str) -> tuple[str, str]:
+    """C{HOST:PORT} (C{[v6]:PORT} too) as a pair; one clear line if it is not."""
+    host, colon, port = value.rpartition(":")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    if not colon or not port.isdigit():
+        raise ConfigError(f"{option}={value!r} is not valid: expected HOST:PORT")
+    return host or "0.0.0.0", port
+
+
+def rie_options(argv: Sequence[str]) -> tuple[list[str], dict[str, str]]:
+    """
+    Take the AWS RIE's own options out of C{argv}, wherever they are (the RIE
+    accepts them before and after the runtime command), as settings.
+
+    Returns the rest of the arguments and the environment variables the
+    options set. C{--} ends the options, as it does for the RIE.
+    """
+    rest: list[str] = []
+    settings: dict[str, str] = {}
+    arguments = iter(argv)
+    for argument in arguments:
+        if argument == "--":
+            rest.extend(arguments)
+            break
+        name, equals, value = argument.partition("=")
+        if name in _RIE_IGNORED_FLAGS and not equals:
+            continue
+        if name not in _RIE_VALUE_OPTIONS:
+            rest.append(argument)
+            continue
+        if not equals:
+            value = next(arguments, "")
+            if not value:
+                raise ConfigError(f"{name} needs a value")
+        variables = _RIE_VALUE_OPTIONS[name]
+        if len(variables) == 2:
+            settings.update(zip(variables, _host_port(name, value)))
+        else:
+            settings[variables[0]] = value
+    return rest, settings
+
 
 class Options(usage.Options):
-    """C{lambda-rapid [RUNTIME_COMMAND ...]}, configured by the environment."""
+    """C{lambda-rapid [RIE options] [RUNTIME_COMMAND ...]}, configured by the environment."""
 
-    synopsis = "[RUNTIME_COMMAND [ARG ...]]"
-    longdesc = ENVIRONMENT_HELP
+    synopsis = SYNOPSIS
+    longdesc = HELP
 
     def __init__(self, environ: Mapping[str, str] | None = None) -> None:
         super().__init__()
         self._environ = os.environ if environ is None else environ
         self["command"] = ()
+        self["settings"] = {}
+
+    def parseOptions(self, options: Sequence[str] | None = None) -> None:
+        if options is None:
+            options = sys.argv[1:]
+        try:
+            rest, self["settings"] = rie_options(options)
+        except ConfigError as error:
+            raise SystemExit(f"lambda-rapid: {error}") from None
+        super().parseOptions(rest)
+
+    def getUsage(self, width: int | None = None) -> str:
+        return usage_text(self, "lambda-rapid", SYNOPSIS, HELP)
+
+    def opt_version(self) -> None:
+        """Print lambdarapid's version and exit."""
+        print(f"lambda-rapid (lambdarapid) {__version__}")
+        raise SystemExit(0)
 
     def parseArgs(self, *command: str) -> None:
         self["command"] = command
 
     def postOptions(self) -> None:
+        environ = {**self._environ, **self["settings"]}
         try:
-            self["config"] = rapid_config(self["command"], self._environ)
+            self["config"] = rapid_config(self["command"], environ)
         except ConfigError as error:
             # One line, no usage text, no traceback: twistd lets SystemExit through.
             raise SystemExit(f"lambda-rapid: {error}") from None
-
-
-def stdout_writer() -> Callable[[bytes], None]:
-    """Write runtime output and reports straight to our stdout, unbuffered."""
-    stream = sys.stdout.buffer
-
-    def write(data: bytes) -> None:
-        try:
-            stream.write(data)
-            stream.flush()
-        except (BrokenPipeError, ValueError):
-            pass  # nobody reads our stdout any more: the runtimes still run
-
-    return write
 
 
 class RapidService(MultiService):
@@ -109,12 +177,10 @@ class RapidService(MultiService):
 
     log = Logger(observer=logs.observer)
 
-    def __init__(self, config: RapidConfig, pool: Pool, reactor: Any = None) -> None:
+    def __init__(self, config: RapidConfig, pool: Pool) -> None:
         super().__init__()
         self.config = config
         self.pool = pool
-        #: Set by the start commands: a second SIGTERM/SIGINT while draining stops at once.
-        self.reactor_for_signals: Any = reactor
         self.consumer: RPCConsumer | None = None
         self.amqp: AMQPConnectionService | None = None
         self.listener: ListenerService | None = None
@@ -130,17 +196,15 @@ class RapidService(MultiService):
     def startService(self) -> None:
         config = self.config
         self.log.info(
-            "serving function {name} ({command}) on port {port}, up to {n} runtime(s)",
+            "serving function {name} ({command}), up to {n} runtime(s)",
             name=config.function.name,
             command=" ".join(config.command),
-            port=config.port,
             n=config.max_concurrency,
         )
         super().startService()
 
     async def _stop(self) -> None:
         self.log.info("stopping: draining in-flight invocations")
-        self._hurry_on_second_signal()
         if self.consumer is not None:
             await self.consumer.stop_consuming()
         await self.pool.stop()
@@ -149,40 +213,18 @@ class RapidService(MultiService):
     def stopService(self) -> Deferred[None]:
         return Deferred.fromCoroutine(self._stop())
 
-    def _hurry_on_second_signal(self) -> None:
-        reactor = self.reactor_for_signals
-        if reactor is None:
-            return
-
-        def hurry(signum: int, frame: object) -> None:
-            reactor.callFromThread(self._hurry)
-
-        for signum in (signal.SIGTERM, signal.SIGINT):
-            signal.signal(signum, hurry)
-
-    def _hurry(self) -> None:
-        self.log.warn("asked again to stop: stopping the runtimes now")
+    def hurry(self) -> None:
+        """Stop the runtimes now, without waiting for in-flight invocations."""
         self.pool.stop_now()
-
-
-def hide_environment() -> None:
-    """
-    Keep the function from reading the broker's credentials in our
-    /proc/<pid>/environ: a process that is not "dumpable" has its /proc files
-    owned by root. A function running as root can still read them.
-    """
-    try:
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(PR_SET_DUMPABLE, 0, 0, 0, 0)
-    except (OSError, AttributeError):  # not Linux
-        pass
 
 
 def make_rapid_service(
     config: RapidConfig, reactor: Any, output: Callable[[bytes], None]
 ) -> RapidService:
-    """The daemon's services for C{config}, on C{reactor}."""
-    logs.set_level(config.log_level)
+    """
+    The daemon's services for C{config}, on C{reactor}, writing runtime output
+    and reports to C{output}. Changes nothing process-wide: see L{makeService}.
+    """
     pool = Pool(config, reactor, output)
     service = RapidService(config, pool)
     invoke_api = InvokeAPI(
@@ -200,20 +242,26 @@ def make_rapid_service(
     )
     service.listener.setServiceParent(service)
     if config.amqp_uri is not None:
-        hide_environment()
         service.amqp = AMQPConnectionService(parse_amqp_uri(config.amqp_uri), reactor)
         service.consumer = RPCConsumer(pool, config.function, config.amqp_prefetch, reactor)
         service.amqp.add_user(service.consumer)
         service.amqp.setServiceParent(service)
-    if os.getpid() == 1:
-        orphan_reaper().setServiceParent(service)
     return service
 
 
-def makeService(options: Options, reactor: Any = None) -> RapidService:
-    """twistd's (and the script's) entry point: a process of its own, whose signals are ours."""
+def makeService(options: Options, reactor: Any = None) -> ProgramService:
+    """
+    twistd's (and the console script's) entry point: the daemon as a process
+    of its own, whose log level, stdout, signals and children are its own.
+    """
     if reactor is None:
         from twisted.internet import reactor
-    service = make_rapid_service(options["config"], reactor, stdout_writer())
-    service.reactor_for_signals = reactor
-    return service
+    config: RapidConfig = options["config"]
+    logs.set_level(config.log_level)
+    output = stdout_writer()
+    daemon = make_rapid_service(config, reactor, output.write)
+    if config.amqp_uri is not None:
+        hide_environment()
+    if os.getpid() == 1:
+        orphan_reaper().setServiceParent(daemon)
+    return ProgramService("lambda-rapid", daemon, output, daemon.hurry, reactor)

@@ -3,22 +3,26 @@ The C{lambda-rapid} and C{lambda-server} console scripts.
 
 They run the same services as the twistd plugins, in the foreground, without
 twistd's plugin discovery or pid file: what a container ENTRYPOINT (and a
-frozen executable) needs.
+frozen executable) needs. Log lines go through the same non-blocking writer
+as the runtimes' output, so a stalled stdout stalls neither.
 """
 
 from __future__ import annotations
 
 import sys
-from typing import Any, Callable, Sequence
+from typing import IO, Any, Callable, Sequence, cast
 
-from twisted.logger import globalLogBeginner, textFileLogObserver
+from twisted.logger import FilteringLogObserver, globalLogBeginner, textFileLogObserver
 from twisted.python import usage
+
+from .output import OutputWriter, TextOutput, stdout_writer
+from .program import ProgramService, without_port_chatter
 
 
 def run(
     name: str,
     options: usage.Options,
-    make_service: Callable[[Any, Any], Any],
+    make_service: Callable[[Any, Any], ProgramService],
     argv: Sequence[str],
 ) -> None:
     """Parse C{argv}, start the service on the global reactor, run until stopped."""
@@ -30,12 +34,21 @@ def run(
 
     from twisted.internet import reactor
 
-    globalLogBeginner.beginLoggingTo([textFileLogObserver(sys.stdout)], redirectStandardIO=False)
     service = make_service(options, reactor)
-    service.privilegedStartService()
+    output: OutputWriter = service.output or stdout_writer()
+    globalLogBeginner.beginLoggingTo(
+        [
+            FilteringLogObserver(
+                textFileLogObserver(cast(IO[str], TextOutput(output))), [without_port_chatter]
+            )
+        ],
+        redirectStandardIO=False,
+    )
+    service.privilegedStartService()  # a taken port: SystemExit with one line
     service.startService()
     reactor.addSystemEventTrigger("before", "shutdown", service.stopService)
     reactor.run()  # type: ignore[attr-defined]
+    output.close()
 
 
 def rapid(argv: Sequence[str] | None = None) -> None:

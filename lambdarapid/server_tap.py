@@ -12,39 +12,60 @@ from typing import Any, Mapping
 from twisted.application.service import MultiService
 from twisted.python import usage
 
-from . import errors, logs
+from . import __version__, errors, logs
 from .amqp.connection import AMQPConnectionService
 from .amqp.invoker import AMQPInvoker
 from .amqp.parameters import parse_amqp_uri
 from .config import ConfigError, ServerConfig, endpoint_description, server_config
 from .invoke_api import InvokeAPI, InvokeAPIResource
+from .output import stdout_writer
+from .program import ProgramService, usage_text
 from .web import ListenerService, QuietSite, bounded_request
 
-ENVIRONMENT_HELP = """\
+SYNOPSIS = "[OPTIONS]"
+
+HELP = """\
 Serves the Lambda Invoke API for every function and forwards each invocation
 over AMQP-RPC to the daemons (lambda-rapid with AMQP_URI set) consuming the
 queue named after the function. Unknown functions answer 404 at once.
 
-Environment variables:
+Options:
+  --help                        print this text
+  --version                     print lambdarapid's version
+
+Environment variables (default in parentheses):
   LOG_LEVEL                     PANIC FATAL ERROR WARNING INFO DEBUG TRACE (INFO)
   INVOKE_API_HOST, PORT         where the Invoke API listens (0.0.0.0, 8080)
   AMQP_URI                      the broker (amqp://guest:guest@localhost:5672
                                 ?connection_attempts=20&retry_delay=10&heartbeat=0)
-  AMQP_USERNAME, AMQP_PASSWORD  credentials missing from AMQP_URI
+  AMQP_USERNAME, AMQP_PASSWORD  credentials missing from AMQP_URI (unset)
   AWS_LAMBDA_FUNCTION_TIMEOUT   fail-safe seconds to wait for a reply (1800)
   AWS_REGION                    region in ARNs (us-east-1)
+
+Examples:
+  AMQP_URI=amqp://guest:guest@localhost:5672/ lambda-server
+  curl -d '{"hello":"world"}' \\
+    http://localhost:8080/2015-03-31/functions/echo/invocations
 """
 
 
 class Options(usage.Options):
     """C{lambda-server}, configured by the environment."""
 
-    synopsis = ""
-    longdesc = ENVIRONMENT_HELP
+    synopsis = SYNOPSIS
+    longdesc = HELP
 
     def __init__(self, environ: Mapping[str, str] | None = None) -> None:
         super().__init__()
         self._environ = os.environ if environ is None else environ
+
+    def getUsage(self, width: int | None = None) -> str:
+        return usage_text(self, "lambda-server", SYNOPSIS, HELP)
+
+    def opt_version(self) -> None:
+        """Print lambdarapid's version and exit."""
+        print(f"lambda-server (lambdarapid) {__version__}")
+        raise SystemExit(0)
 
     def postOptions(self) -> None:
         try:
@@ -60,8 +81,7 @@ class ServerService(MultiService):
 
 
 def make_server_service(config: ServerConfig, reactor: Any) -> ServerService:
-    """The Lambda Server's services for C{config}, on C{reactor}."""
-    logs.set_level(config.log_level)
+    """The Lambda Server's services for C{config}, on C{reactor}; nothing process-wide."""
     service = ServerService()
     connection = AMQPConnectionService(parse_amqp_uri(config.amqp_uri), reactor)
     invoker = AMQPInvoker(reactor, config.timeout)
@@ -78,8 +98,11 @@ def make_server_service(config: ServerConfig, reactor: Any) -> ServerService:
     return service
 
 
-def makeService(options: Options, reactor: Any = None) -> ServerService:
-    """twistd's entry point."""
+def makeService(options: Options, reactor: Any = None) -> ProgramService:
+    """twistd's (and the console script's) entry point: the server as a process of its own."""
     if reactor is None:
         from twisted.internet import reactor
-    return make_server_service(options["config"], reactor)
+    config: ServerConfig = options["config"]
+    logs.set_level(config.log_level)
+    server = make_server_service(config, reactor)
+    return ProgramService("lambda-server", server, stdout_writer())

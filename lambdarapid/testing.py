@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import io
 import json
 import os
 import socket
@@ -41,19 +42,20 @@ from dataclasses import dataclass, field
 from typing import Any, Mapping, Sequence, cast
 from urllib.parse import quote
 
-from treq.client import HTTPClient
-from twisted.application.internet import StreamServerEndpointService
 from twisted.internet import defer
 from twisted.internet.defer import CancelledError, Deferred
 from twisted.internet.address import IPv4Address
 from twisted.internet.error import CannotListenError
-from twisted.internet.interfaces import IListeningPort, IStreamServerEndpoint
 from twisted.logger import Logger
-from twisted.protocols.policies import WrappingFactory
 from twisted.python.failure import Failure
-from twisted.web.client import Agent, HTTPConnectionPool, ResponseNeverReceived
+from twisted.web.client import (
+    Agent,
+    FileBodyProducer,
+    HTTPConnectionPool,
+    ResponseNeverReceived,
+    readBody,
+)
 from twisted.web.http_headers import Headers
-from zope.interface import implementer
 
 from .config import DAEMON_VARIABLES, RapidConfig, rapid_config
 from .rapid_tap import RapidService, make_rapid_service
@@ -140,70 +142,6 @@ def free_port_block(count: int, host: str = _LOOPBACK) -> int:
     raise RuntimeError(f"found no block of {count} free ports on {host}")
 
 
-class _TrackingFactory(WrappingFactory):
-    """
-    Keeps the Invoke API's connections, so that stopping can close the ones
-    callers keep alive (boto3 does): a daemon in a process would exit, and an
-    in-process one must not leave sockets behind in the reactor.
-    """
-
-    def __init__(self, wrapped: Any) -> None:
-        super().__init__(wrapped)
-        self._all_gone: list[Deferred[None]] = []
-
-    def unregisterProtocol(self, protocol: Any) -> None:
-        super().unregisterProtocol(protocol)
-        if not self.protocols:
-            waiters, self._all_gone = self._all_gone, []
-            for waiter in waiters:
-                waiter.callback(None)
-
-    async def close_all(self, reactor: Any, grace: float = 2.0) -> None:
-        """Hang up every connection; abort those still open after C{grace} seconds."""
-        if not self.protocols:
-            return
-        gone: Deferred[None] = Deferred()
-        self._all_gone.append(gone)
-        for protocol in list(self.protocols):
-            protocol.transport.loseConnection()
-        aborter = reactor.callLater(grace, self._abort_all)
-        await gone
-        if aborter.active():
-            aborter.cancel()
-
-    def _abort_all(self) -> None:
-        for protocol in list(self.protocols):
-            protocol.transport.abortConnection()
-
-
-@implementer(IStreamServerEndpoint)
-class _WatchedEndpoint:
-    """
-    An endpoint that tells start_daemon where the Invoke API listens, or why
-    it could not (a taken port becomes an exception to retry, not a logged
-    error and a daemon that answers nothing), and keeps its connections.
-    """
-
-    def __init__(self, endpoint: IStreamServerEndpoint) -> None:
-        self._endpoint = endpoint
-        self.listening: Deferred[IListeningPort] = Deferred()
-        self.factory: _TrackingFactory | None = None
-
-    def listen(self, factory: Any) -> Deferred[IListeningPort]:
-        self.factory = _TrackingFactory(factory)
-        attempt: Deferred[IListeningPort] = self._endpoint.listen(self.factory)
-
-        def listened(port: IListeningPort) -> IListeningPort:
-            self.listening.callback(port)
-            return port
-
-        def failed(failure: Failure) -> None:
-            self.listening.errback(failure)
-            return None  # the service then has no port to stop, and logs nothing
-
-        return cast("Deferred[IListeningPort]", attempt.addCallbacks(listened, failed))
-
-
 @dataclass(frozen=True)
 class InvokeResult:
     """
@@ -285,7 +223,7 @@ class InvokeClient:
             reactor = global_reactor
         self.url = url.rstrip("/")
         self._pool = HTTPConnectionPool(reactor, persistent=True)
-        self._http = HTTPClient(Agent(reactor, pool=self._pool))
+        self._agent = Agent(reactor, pool=self._pool)
 
     def invoke(
         self,
@@ -324,20 +262,19 @@ class InvokeClient:
 
     async def _invoke(self, url: str, body: bytes, headers: Headers) -> InvokeResult:
         try:
-            response = await self._http.post(url, data=body, headers=headers)
+            response = await self._agent.request(
+                b"POST", url.encode("ascii"), headers, FileBodyProducer(io.BytesIO(body))
+            )
         except ResponseNeverReceived as error:
             # What the Agent makes of a cancel: make it the CancelledError it was.
             if any(reason.check(CancelledError) for reason in error.reasons):
                 raise CancelledError() from None
             raise
-        content: bytes = await response.content()
+        content: bytes = await readBody(response)
         received = {
             name.decode("latin-1").lower(): ", ".join(v.decode("latin-1") for v in values)
             for name, values in response.headers.getAllRawHeaders()
         }
-        if not received.get("content-encoding", "x"):
-            # treq's gzip support leaves an empty one the daemon never sent.
-            del received["content-encoding"]
         return InvokeResult(status=response.code, payload=content, headers=received)
 
     def close(self) -> Deferred[None]:
@@ -360,23 +297,17 @@ class RunningDaemon:
         self._output = bytearray()
         self._output_waiters: list[tuple[bytes, Deferred[None]]] = []
         self.service: RapidService = make_rapid_service(config, reactor, self._received)
-        self._endpoint = self._watch_invoke_endpoint()
         self.client = InvokeClient(f"http://{_LOOPBACK}:{config.port}", reactor)
         self._stopping: Deferred[None] | None = None
         self._stop_outcome: object = _PENDING
         self._stop_waiters: list[Deferred[None]] = []
         self.port = config.port
 
-    def _watch_invoke_endpoint(self) -> _WatchedEndpoint:
+    async def _start(self) -> None:
         listener = self.service.listener
         assert listener is not None
-        watched = _WatchedEndpoint(listener._endpoint)
-        listener._endpoint = watched
-        return watched
-
-    async def _start(self) -> None:
-        self.service.startService()
-        port = await self._endpoint.listening
+        self.service.startService()  # a taken port raises CannotListenError here
+        port = await listener.listening
         self.port = cast(IPv4Address, port.getHost()).port
         host = self.config.invoke_host
         if host in ("0.0.0.0", "::", ""):
@@ -497,8 +428,9 @@ class RunningDaemon:
         try:
             if self.service.running:
                 await self.service.stopService()
-            if self._endpoint.factory is not None:
-                await self._endpoint.factory.close_all(self._reactor)
+            if self.service.listener is not None:
+                # Callers' keep-alive connections (boto3's) outlive the port.
+                await self.service.listener.close_connections()
         finally:
             for _, waiting in list(self._output_waiters):
                 waiting.cancel()
