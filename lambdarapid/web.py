@@ -11,6 +11,7 @@ oversized payload costs no memory and still gets its 413.
 from __future__ import annotations
 
 import io
+import weakref
 from typing import Any, Callable, ClassVar
 
 from twisted.application.service import Service
@@ -18,6 +19,8 @@ from twisted.internet.endpoints import serverFromString
 from twisted.internet.error import CannotListenError
 from twisted.internet.interfaces import ITCPTransport
 from twisted.internet.defer import CancelledError, Deferred, succeed
+from twisted.internet.protocol import Factory
+from twisted.internet.task import deferLater
 from twisted.internet.interfaces import IListeningPort
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -150,9 +153,31 @@ class QuietSite(Site):
         """No access log: it costs more than the rest of a small request."""
 
 
+class _RecordingFactory(Factory):
+    """Hands out the real factory's protocols, remembering each connection's."""
+
+    def __init__(self, factory: Any) -> None:
+        self._factory = factory
+        self.protocols: weakref.WeakSet[Any] = weakref.WeakSet()
+
+    def doStart(self) -> None:
+        self._factory.doStart()
+
+    def doStop(self) -> None:
+        self._factory.doStop()
+
+    def buildProtocol(self, addr: Any) -> Any:
+        protocol = self._factory.buildProtocol(addr)
+        if protocol is not None:
+            self.protocols.add(protocol)
+        return protocol
+
+
 class ListenerService(Service):
     """
-    Listens on C{description} while running, and says where it listens.
+    Listens on C{description} while running, says where it listens, and can
+    hang up the connections it accepted (callers' keep-alive connections
+    outlive the listening port otherwise).
 
     A port that cannot be had raises L{CannotListenError} from
     L{privilegedStartService}, synchronously: the program's edge (the console
@@ -162,20 +187,24 @@ class ListenerService(Service):
     log = Logger(observer=observer)
 
     def __init__(self, reactor: Any, description: str, factory: Any, name: str) -> None:
+        self._reactor = reactor
         self._endpoint = serverFromString(reactor, description)
-        self._factory = factory
+        self._factory = _RecordingFactory(factory)
         self._what = name
-        #: Fires with the listening port (or its failure) once listening was tried.
+        #: Fires with the listening port once it listens.
         self.listening: Deferred[IListeningPort] = Deferred()
         self.port: IListeningPort | None = None
+        self._tried = False
 
     def privilegedStartService(self) -> None:
         super().privilegedStartService()
+        if self._tried:
+            return
+        self._tried = True
         failures: list[Failure] = []
         self._endpoint.listen(self._factory).addCallbacks(self._listened, failures.append)
         if failures:
-            self.listening.errback(failures[0])
-            self.listening.addErrback(lambda _: None)  # raised below, not also logged
+            self._tried = False
             failures[0].raiseException()
 
     def _listened(self, port: IListeningPort) -> None:
@@ -190,17 +219,36 @@ class ListenerService(Service):
         self.listening.callback(port)
 
     def startService(self) -> None:
-        if self.port is None and not self.listening.called:
-            self.privilegedStartService()
+        self.privilegedStartService()
         super().startService()
 
     def stopService(self) -> Deferred[None]:
         super().stopService()
+        self._tried = False
         port, self.port = self.port, None
         if port is None:
             return succeed(None)
         stopped = port.stopListening()
         return stopped if isinstance(stopped, Deferred) else succeed(None)
+
+    def connections(self) -> list[Any]:
+        """The protocols of the connections still open."""
+        return [
+            protocol
+            for protocol in self._factory.protocols
+            if protocol.transport is not None and protocol.transport.connected
+        ]
+
+    async def close_connections(self, grace: float = 2.0) -> None:
+        """Hang up every open connection; abort those still open after C{grace} seconds."""
+        for protocol in self.connections():
+            protocol.transport.loseConnection()
+        deadline = self._reactor.seconds() + grace
+        while self.connections():
+            if self._reactor.seconds() >= deadline:
+                for protocol in self.connections():
+                    protocol.transport.abortConnection()
+            await deferLater(self._reactor, 0.01, lambda: None)
 
 
 def listen_error_line(program: str, error: CannotListenError) -> str:
