@@ -6,6 +6,7 @@ C{lambda-rapid} console script, as a container's ENTRYPOINT runs them.
 from __future__ import annotations
 
 import os
+import re
 import signal
 import time
 from typing import Sequence
@@ -18,6 +19,7 @@ from twisted.internet.task import deferLater
 from twisted.python.failure import Failure
 from twisted.trial.unittest import TestCase
 
+from lambdarapid import __version__
 from lambdarapid.config import DAEMON_VARIABLES
 from lambdarapid.testing import InvokeClient, InvokeResult, free_port, free_port_block
 
@@ -250,6 +252,81 @@ class CommandTests:
         test.assertNotIn(b"Traceback", child.stdout + child.stderr)
 
 
+    async def test_help_is_readable(self) -> None:
+        """--help prints the usage line with the program's name, one setting a line with its default, and the examples as written."""
+        test: TestCase = self  # type: ignore[assignment]
+        child = self.spawn(["--help"])
+        test.assertEqual(await child.finished(timeout=10), 0, bytes(child.stderr))
+        lines = bytes(child.stdout).decode().splitlines()
+        test.assertRegex(lines[0], r"^Usage: (twistd \[twistd options\] )?lambda-rapid ")
+        test.assertRegex(
+            "\n".join(lines), r"\n  MAX_CONCURRENCY +runtimes run at once, spawned on demand \(1\)\n"
+        )
+        test.assertRegex("\n".join(lines), r"\n  AWS_LAMBDA_FUNCTION_TIMEOUT +.*\(3\)\n")
+        test.assertIn("  lambda-rapid python3 -m awslambdaric echo.handler", lines)
+        for option in ("--runtime-interface-emulator-address", "--log-level", "--version"):
+            test.assertTrue(any(line.startswith(f"  {option}") for line in lines), option)
+
+    async def test_version(self) -> None:
+        """--version prints lambdarapid's version, not Twisted's."""
+        test: TestCase = self  # type: ignore[assignment]
+        child = self.spawn(["--version"])
+        test.assertEqual(await child.finished(timeout=10), 0, bytes(child.stderr))
+        test.assertEqual(
+            bytes(child.stdout).decode().strip(), f"lambda-rapid (lambdarapid) {__version__}"
+        )
+
+    async def test_rie_options_anywhere(self) -> None:
+        """The AWS RIE's four options are taken before and after the runtime command, as the emulator takes them."""
+        test: TestCase = self  # type: ignore[assignment]
+        port, runtime_port = free_port(), free_port_block(1)
+        child = self.spawn(
+            [
+                "--log-level",
+                "error",
+                f"--runtime-interface-emulator-address=127.0.0.1:{port}",
+                *RUNTIME,
+                "handlers.context",
+                "--runtime-api-address",
+                f"127.0.0.1:{runtime_port}",
+                "--enable-init-caching",
+            ]
+        )
+        client = InvokeClient(f"http://127.0.0.1:{port}")
+        test.addCleanup(client.close)
+        result = await self.first_invoke(child, client, {})
+        test.assertEqual(result.status, 200, result.payload)
+        context = result.json()
+        test.assertEqual(context["environ"]["_HANDLER"], "handlers.context")
+        test.assertEqual(
+            context["environ"]["AWS_LAMBDA_RUNTIME_API"], f"127.0.0.1:{runtime_port}"
+        )
+        child.signal(signal.SIGTERM)
+        await child.finished(timeout=10)
+        # --log-level error: no INFO line was printed.
+        test.assertNotIn(b"listening on", child.stdout + child.stderr)
+
+    async def test_bad_rie_address(self) -> None:
+        """A malformed --runtime-api-address stops the command with one line naming it."""
+        test: TestCase = self  # type: ignore[assignment]
+        child = self.spawn([*RUNTIME, "handlers.echo", "--runtime-api-address", "nowhere"])
+        test.assertNotEqual(await child.finished(timeout=10), 0)
+        lines = bytes(child.stderr).decode().splitlines()
+        test.assertEqual(len(lines), 1, bytes(child.stderr))
+        test.assertIn("--runtime-api-address", lines[0])
+
+    async def test_start_says_where_it_listens(self) -> None:
+        """At INFO the daemon says where its Invoke API listens, in the product's words."""
+        test: TestCase = self  # type: ignore[assignment]
+        child, client = self.start("handlers.echo")
+        await self.first_invoke(child, client, {})
+        port = client.url.rsplit(":", 1)[1]
+        await child.wait_for(f"Invoke API listening on 127.0.0.1:{port}".encode())
+        child.signal(signal.SIGTERM)
+        await child.finished(timeout=10)
+        return None
+
+
 class TwistdTests(CommandTests, TestCase):
     """C{twistd -n --pidfile= lambda-rapid RUNTIME...}."""
 
@@ -264,6 +341,77 @@ class ScriptTests(CommandTests, TestCase):
     """The C{lambda-rapid RUNTIME...} console script."""
 
     prefix = (LAMBDA_RAPID,)
+
+    async def test_no_twisted_chatter(self) -> None:
+        """A plain start, invocation and stop print no Twisted internals (factories, port numbers closing)."""
+        child, client = self.start("handlers.echo")
+        await self.first_invoke(child, client, {})
+        child.signal(signal.SIGTERM)
+        await child.finished(timeout=10)
+        written = bytes(child.stdout + child.stderr).decode()
+        self.assertIn("Invoke API listening on", written)
+        self.assertNotIn("starting on", written)
+        self.assertNotIn("Port", written)
+        self.assertNotIn("Site", written)
+        self.assertNotIn("Factory", written)
+
+    async def test_stalled_stdout_stalls_nothing(self) -> None:
+        """
+        With stdout a pipe nobody reads and a function printing 1 MB an
+        invocation, invocations, timeouts and Tail keep working; output that
+        could not be written is dropped with a counted line.
+        """
+        read_end, write_end = os.pipe()
+        self.addCleanup(os.close, read_end)
+        port = free_port()
+        child = Child()
+        environ = function_environ(
+            PORT=str(port),
+            RUNTIME_API_PORT=str(free_port_block(1)),
+            INVOKE_API_HOST="127.0.0.1",
+            AWS_LAMBDA_FUNCTION_TIMEOUT="1",
+            PRINT_REPORTS="true",
+        )
+        command = [LAMBDA_RAPID, *RUNTIME, "handlers.dispatch"]
+        reactor.spawnProcess(  # type: ignore[attr-defined]
+            child, command[0], command, env=environ, path=FUNCTIONS,
+            childFDs={0: "w", 1: write_end, 2: "r"},
+        )
+        os.close(write_end)
+
+        async def kill() -> None:
+            if child.exit is None:
+                child.signal(signal.SIGKILL)
+                await child.ended
+
+        self.addCleanup(kill)
+        client = InvokeClient(f"http://127.0.0.1:{port}")
+        self.addCleanup(client.close)
+        megabyte = {"call": "log", "lines": ["x" * 999] * 1024}
+        first = await self.first_invoke(child, client, megabyte)
+        self.assertEqual(first.status, 200, first.payload)
+        for _ in range(5):  # 6 MB in all: more than the daemon holds for its stdout
+            again = await client.invoke(megabyte).addTimeout(10, reactor)
+            self.assertEqual(again.json(), "logged")
+        timed_out = await client.invoke({"call": "sleep", "seconds": 5}).addTimeout(10, reactor)
+        self.assertEqual(timed_out.json()["errorType"], "Sandbox.Timedout")
+        tail = await client.invoke(
+            {"call": "log", "lines": ["the tail line"]}, log_type="Tail"
+        ).addTimeout(10, reactor)
+        self.assertIn("the tail line", tail.log_result or "")
+        # Now read: what could not be written was dropped, and said so.
+        os.set_blocking(read_end, False)
+        written = bytearray()
+        deadline = time.monotonic() + 10
+        while b"lambdarapid: dropped" not in written and time.monotonic() < deadline:
+            try:
+                written += os.read(read_end, 1 << 20)
+            except BlockingIOError:
+                await sleep(0.05)
+        notice = re.search(rb"lambdarapid: dropped \d+ line\(s\)", written)
+        self.assertIsNotNone(notice, f"no drop notice in {len(written)} bytes written")
+        child.signal(signal.SIGTERM)
+        self.assertEqual(await child.finished(timeout=15), 0)
 
 
 class ServerCommandTests(TestCase):
@@ -287,6 +435,18 @@ class ServerCommandTests(TestCase):
             self.assertEqual(child.exit, 0, bytes(child.stderr))
             for variable in ("AMQP_URI", "AMQP_USERNAME", "PORT", "AWS_LAMBDA_FUNCTION_TIMEOUT"):
                 self.assertIn(variable, bytes(child.stdout).decode())
+            lines = bytes(child.stdout).decode().splitlines()
+            self.assertRegex(lines[0], r"^Usage: (twistd \[twistd options\] )?lambda-server")
+            self.assertIn("  AWS_REGION                    region in ARNs (us-east-1)", lines)
+
+    async def test_version(self) -> None:
+        """`lambda-server --version` prints lambdarapid's version."""
+        for prefix in ((LAMBDA_SERVER,), (TWISTD, "-n", "--pidfile=", "lambda-server")):
+            child = await self.run_server(prefix, ["--version"])
+            self.assertEqual(child.exit, 0, bytes(child.stderr))
+            self.assertEqual(
+                bytes(child.stdout).decode().strip(), f"lambda-server (lambdarapid) {__version__}"
+            )
 
     async def test_bad_setting(self) -> None:
         """A bad AMQP_URI stops the server at once with one line naming it, no traceback, and no password."""

@@ -244,7 +244,7 @@ def daemon_variables() -> set[str]:
 
 def server_variables() -> set[str]:
     """Every variable the Lambda Server reads."""
-    return variables_read(config.server_config, config._amqp_uri, parameters)
+    return variables_read(config.server_config, config._amqp_uri, config._with_credentials)
 
 
 def dockerfile_handler(folder: str) -> str:
