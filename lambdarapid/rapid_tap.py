@@ -24,7 +24,7 @@ from .config import ConfigError, RapidConfig, endpoint_description, rapid_config
 from .invoke_api import InvokeAPI, InvokeAPIResource
 from .pool import Pool
 from .output import stdout_writer
-from .program import ProgramService, hide_environment, usage_text
+from .program import ProgramService, hide_environment, usage_line, usage_text
 from .reaper import orphan_reaper
 from .web import ListenerService, QuietSite, bounded_request
 
@@ -152,8 +152,13 @@ class Options(usage.Options):
             raise SystemExit(f"lambda-rapid: {error}") from None
         super().parseOptions(rest)
 
+    def getSynopsis(self) -> str:
+        return usage_line(self, "lambda-rapid", SYNOPSIS)
+
     def getUsage(self, width: int | None = None) -> str:
-        return usage_text(self, "lambda-rapid", SYNOPSIS, HELP)
+        return usage_text(HELP)
+
+    opt_h = usage.Options.opt_help
 
     def opt_version(self) -> None:
         """Print lambdarapid's version and exit."""

@@ -19,7 +19,7 @@ from .amqp.parameters import parse_amqp_uri
 from .config import ConfigError, ServerConfig, endpoint_description, server_config
 from .invoke_api import InvokeAPI, InvokeAPIResource
 from .output import stdout_writer
-from .program import ProgramService, usage_text
+from .program import ProgramService, usage_line, usage_text
 from .web import ListenerService, QuietSite, bounded_request
 
 SYNOPSIS = "[OPTIONS]"
@@ -59,8 +59,13 @@ class Options(usage.Options):
         super().__init__()
         self._environ = os.environ if environ is None else environ
 
+    def getSynopsis(self) -> str:
+        return usage_line(self, "lambda-server", SYNOPSIS)
+
     def getUsage(self, width: int | None = None) -> str:
-        return usage_text(self, "lambda-server", SYNOPSIS, HELP)
+        return usage_text(HELP)
+
+    opt_h = usage.Options.opt_help
 
     def opt_version(self) -> None:
         """Print lambdarapid's version and exit."""
