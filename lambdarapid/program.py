@@ -14,7 +14,7 @@ from __future__ import annotations
 import ctypes
 import re
 import signal
-from typing import Any, Callable
+from typing import Any, Callable, ClassVar
 
 from twisted.application.service import IService, MultiService
 from twisted.internet.defer import Deferred
@@ -23,7 +23,7 @@ from twisted.logger import ILogFilterPredicate, LogEvent, Logger, PredicateResul
 from twisted.python import usage
 from zope.interface import provider
 
-from . import logs
+from . import __version__, logs
 from .output import OutputWriter
 from .web import listen_error_line
 
@@ -34,11 +34,32 @@ PR_SET_DUMPABLE = 4
 _PORT_CHATTER = re.compile(r"^(\S+ starting on \d+|\(\w+ Port \d+ Closed\))$")
 
 
-def usage_text(options: usage.Options, program: str, synopsis: str, text: str) -> str:
-    """The help as written: twistd's Options would reflow it into one paragraph."""
-    if options.parent is not None:
-        program = f"twistd [twistd options] {program}"
-    return f"Usage: {program} {synopsis}\n\n{text}".rstrip("\n")
+class ProgramOptions(usage.Options):
+    """
+    A program's options, whose C{--help} prints C{help_text} as written
+    (usage.Options would reflow it into one paragraph) under a usage line with
+    the program's name, and whose C{--version} is lambdarapid's.
+    """
+
+    program: ClassVar[str]
+    synopsis: ClassVar[str]
+    help_text: ClassVar[str]
+
+    def getSynopsis(self) -> str:
+        program = self.program
+        if self.parent is not None:
+            program = f"twistd [twistd options] {program}"
+        return f"Usage: {program} {self.synopsis}"
+
+    def getUsage(self, width: int | None = None) -> str:
+        return "\n" + self.help_text.rstrip("\n")
+
+    opt_h = usage.Options.opt_help
+
+    def opt_version(self) -> None:
+        """Print lambdarapid's version and exit."""
+        print(f"{self.program} (lambdarapid) {__version__}")
+        raise SystemExit(0)
 
 
 def hide_environment() -> None:

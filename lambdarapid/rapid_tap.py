@@ -14,9 +14,8 @@ from typing import Any, Callable, Mapping, Sequence
 from twisted.application.service import MultiService
 from twisted.internet.defer import Deferred
 from twisted.logger import Logger
-from twisted.python import usage
 
-from . import __version__, errors, logs
+from . import errors, logs
 from .amqp.connection import AMQPConnectionService
 from .amqp.consumer import RPCConsumer
 from .amqp.parameters import parse_amqp_uri
@@ -24,7 +23,7 @@ from .config import ConfigError, RapidConfig, endpoint_description, rapid_config
 from .invoke_api import InvokeAPI, InvokeAPIResource
 from .pool import Pool
 from .output import stdout_writer
-from .program import ProgramService, hide_environment, usage_line, usage_text
+from .program import ProgramOptions, ProgramService, hide_environment
 from .reaper import orphan_reaper
 from .web import ListenerService, QuietSite, bounded_request
 
@@ -131,11 +130,12 @@ def rie_options(argv: Sequence[str]) -> tuple[list[str], dict[str, str]]:
     return rest, settings
 
 
-class Options(usage.Options):
+class Options(ProgramOptions):
     """C{lambda-rapid [RIE options] [RUNTIME_COMMAND ...]}, configured by the environment."""
 
+    program = "lambda-rapid"
     synopsis = SYNOPSIS
-    longdesc = HELP
+    help_text = HELP
 
     def __init__(self, environ: Mapping[str, str] | None = None) -> None:
         super().__init__()
@@ -151,19 +151,6 @@ class Options(usage.Options):
         except ConfigError as error:
             raise SystemExit(f"lambda-rapid: {error}") from None
         super().parseOptions(rest)
-
-    def getSynopsis(self) -> str:
-        return usage_line(self, "lambda-rapid", SYNOPSIS)
-
-    def getUsage(self, width: int | None = None) -> str:
-        return usage_text(HELP)
-
-    opt_h = usage.Options.opt_help
-
-    def opt_version(self) -> None:
-        """Print lambdarapid's version and exit."""
-        print(f"lambda-rapid (lambdarapid) {__version__}")
-        raise SystemExit(0)
 
     def parseArgs(self, *command: str) -> None:
         self["command"] = command

@@ -10,16 +10,15 @@ import os
 from typing import Any, Mapping
 
 from twisted.application.service import MultiService
-from twisted.python import usage
 
-from . import __version__, errors, logs
+from . import errors, logs
 from .amqp.connection import AMQPConnectionService
 from .amqp.invoker import AMQPInvoker
 from .amqp.parameters import parse_amqp_uri
 from .config import ConfigError, ServerConfig, endpoint_description, server_config
 from .invoke_api import InvokeAPI, InvokeAPIResource
 from .output import stdout_writer
-from .program import ProgramService, usage_line, usage_text
+from .program import ProgramOptions, ProgramService
 from .web import ListenerService, QuietSite, bounded_request
 
 SYNOPSIS = "[OPTIONS]"
@@ -49,28 +48,16 @@ Examples:
 """
 
 
-class Options(usage.Options):
+class Options(ProgramOptions):
     """C{lambda-server}, configured by the environment."""
 
+    program = "lambda-server"
     synopsis = SYNOPSIS
-    longdesc = HELP
+    help_text = HELP
 
     def __init__(self, environ: Mapping[str, str] | None = None) -> None:
         super().__init__()
         self._environ = os.environ if environ is None else environ
-
-    def getSynopsis(self) -> str:
-        return usage_line(self, "lambda-server", SYNOPSIS)
-
-    def getUsage(self, width: int | None = None) -> str:
-        return usage_text(HELP)
-
-    opt_h = usage.Options.opt_help
-
-    def opt_version(self) -> None:
-        """Print lambdarapid's version and exit."""
-        print(f"lambda-server (lambdarapid) {__version__}")
-        raise SystemExit(0)
 
     def postOptions(self) -> None:
         try:
