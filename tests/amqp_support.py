@@ -300,14 +300,15 @@ class Caller:
         name: str,
         payload: object,
         seconds: float = 15.0,
+        query: str = "",
         **headers: str,
     ) -> Deferred[Answer]:
-        """POST the invocation; headers by keyword (C{x_amz_invocation_type="Event"})."""
+        """POST the invocation; headers by keyword (C{x_amz_invocation_type="Event"}), C{query} as C{Qualifier=v9}."""
         body = payload if isinstance(payload, bytes) else json.dumps(payload).encode()
         sent = Headers({b"content-type": [b"application/json"]})
         for key, value in headers.items():
             sent.setRawHeaders(key.replace("_", "-").encode(), [value.encode()])
-        url = base_url + INVOKE_PATH.format(name=name)
+        url = base_url + INVOKE_PATH.format(name=name) + (f"?{query}" if query else "")
         return within(self._invoke(url, body, sent), seconds, self._reactor)
 
     async def _invoke(self, url: str, body: bytes, headers: Headers) -> Answer:
@@ -534,3 +535,14 @@ def caller(test: Any, reactor: Any) -> Caller:
     client = Caller(reactor)
     test.addCleanup(client.close)
     return client
+
+
+def ready_messages(uri: str, queue: str) -> int:
+    """How many messages wait in C{queue} (a passive declare). Blocking."""
+    connection = pika.BlockingConnection(pika.URLParameters(uri))
+    try:
+        declared = connection.channel().queue_declare(queue=queue, passive=True)
+        count: int = declared.method.message_count
+        return count
+    finally:
+        connection.close()

@@ -19,10 +19,13 @@ from twisted.internet.task import deferLater
 from twisted.internet.threads import deferToThread
 from twisted.trial.unittest import TestCase
 
+from lambdarapid import errors
 from lambdarapid.amqp.invoker import STARTUP_REROUTE
+from lambdarapid.invocation import InvocationType, check_payload
 
 from .amqp_support import (
     caller,
+    count_starts,
     deploy,
     eventually,
     function_name,
@@ -150,6 +153,37 @@ class ThroughServerTests(TestCase):
         )
         later = await http.invoke(server.url, name, {"after": True})
         self.assertEqual((later.status, later.json()), (200, {"after": True}))
+
+    async def test_unserved_qualifier_answers_as_the_daemon_does(self) -> None:
+        """?Qualifier=v9 through the server gets exactly the daemon's own 404 (status, error type, body); $LATEST runs."""
+        name, daemon, server, http = await self.deployed(PRINT_REPORTS="true")
+        direct = await http.invoke(daemon.url, name, {"q": 1}, query="Qualifier=v9")
+        routed = await http.invoke(server.url, name, {"q": 1}, query="Qualifier=v9")
+        self.assertEqual(direct.status, 404)
+        self.assertEqual(
+            (routed.status, routed.headers.get("x-amzn-errortype"), routed.body),
+            (direct.status, direct.headers.get("x-amzn-errortype"), direct.body),
+        )
+        self.assertIn(":function:" + name + ":v9", routed.json()["Message"])
+        latest = await http.invoke(server.url, name, {"q": 2}, query="Qualifier=$LATEST")
+        self.assertEqual((latest.status, latest.json()), (200, {"q": 2}))
+        self.assertEqual(count_starts(daemon.output), 1)
+
+    async def test_invalid_json_is_a_400(self) -> None:
+        """A payload that is not JSON gets 400 InvalidRequestContentException through the server, as on the Invoke API."""
+        name, daemon, server, http = await self.deployed(PRINT_REPORTS="true")
+        try:
+            check_payload(b"{nope", InvocationType.REQUEST_RESPONSE)
+        except errors.APIError as error:
+            expected = error
+        answer = await http.invoke(server.url, name, b"{nope")
+        self.assertEqual(
+            (answer.status, answer.headers.get("x-amzn-errortype"), answer.body),
+            (400, "InvalidRequestContentException", expected.body),
+        )
+        after = await http.invoke(server.url, name, {"after": True})
+        self.assertEqual((after.status, after.json()), (200, {"after": True}))
+        self.assertEqual(count_starts(daemon.output), 1)
 
 
 def _lambda_client(endpoint_url: str):

@@ -16,12 +16,17 @@ from twisted.internet import reactor
 from twisted.internet.threads import deferToThread
 from twisted.trial.unittest import TestCase
 
+from lambdarapid import errors
+from lambdarapid.invocation import InvocationType, check_payload
+
 from .amqp_support import (
     amqp_uri,
+    count_starts,
     deploy,
     eventually,
     function_name,
     declare_like_upstream,
+    ready_messages,
     upstream_event,
     upstream_rpc,
     within,
@@ -93,14 +98,6 @@ class UpstreamClientTests(TestCase):
             "Root=1-5bef4de7-ad49b0e87f6ef6c87fc2e700Lambda-Runtime-Deadline-Ms: 99999999999999",
         )
 
-    async def test_daemon_hides_its_environment(self) -> None:
-        """With AMQP_URI set, the daemon makes itself non-dumpable, so its /proc/<pid>/environ is root's only."""
-        import ctypes
-
-        await self.daemon()
-        PR_GET_DUMPABLE = 3
-        self.assertEqual(ctypes.CDLL(None).prctl(PR_GET_DUMPABLE, 0, 0, 0, 0), 0)
-
     async def test_any_correlation_id_is_answered(self) -> None:
         """A correlation_id unfit for a Runtime API path still gets its reply, under that id."""
         name, daemon = await self.daemon()
@@ -166,3 +163,79 @@ class UpstreamClientTests(TestCase):
         # when deliveries wait; nack-and-requeue at once spins for the ~4 s.
         self.assertLess(cpu, 0.4, f"{cpu:.2f} s of CPU to wait for 4 s")
 
+
+
+#: A 20 MB JSON event: over every Invoke API limit.
+HUGE_EVENT = b'{"big": "' + b"x" * (20 * 1024 * 1024) + b'"}'
+
+
+class RefusedRequestTests(TestCase):
+    """Requests the Invoke API would refuse are refused over AMQP too, with an error reply, never run."""
+
+    timeout = 60
+
+    async def daemon(self, **settings: Any):
+        name = function_name()
+        daemon = deploy(self, reactor, name, PRINT_REPORTS="true", **settings)
+        await daemon.wait_connected()
+        return name, daemon
+
+    def rpc(self, name: str, bodies: list[bytes], **options: Any):
+        return within(deferToThread(upstream_rpc, amqp_uri(), name, bodies, **options), 50, reactor)
+
+    def assert_error_reply(self, reply: Any, error: errors.APIError) -> None:
+        self.assertEqual(
+            (reply.body, reply.headers.get("X-Amzn-ErrorType"), reply.headers.get("X-Amz-Status-Code")),
+            (error.body, error.error_type, str(error.status)),
+        )
+        self.assertNotIn("X-Amz-Function-Error", reply.headers)
+
+    async def test_oversized_request_refused(self) -> None:
+        """A 20 MB RequestResponse request gets a RequestTooLargeException reply (413) and never reaches the function."""
+        name, daemon = await self.daemon()
+        ids, replies = await self.rpc(name, [HUGE_EVENT, b'{"after": 1}'], seconds=40)
+        by_id = {reply.correlation_id: reply for reply in replies}
+        self.assertEqual(len(replies), 2)
+        self.assert_error_reply(by_id[ids[0]], errors.request_too_large(errors.MAX_SYNC_PAYLOAD))
+        self.assertEqual(by_id[ids[1]].body, b'{"after": 1}')
+        # The second request was answered after the first was decided: one run only.
+        self.assertEqual(count_starts(daemon.output), 1)
+
+    async def test_invalid_json_refused(self) -> None:
+        """A payload that is not JSON gets the Invoke API's 400 InvalidRequestContentException reply, not a run."""
+        name, daemon = await self.daemon()
+        ids, replies = await self.rpc(name, [b"{not json", b'{"after": 2}'])
+        by_id = {reply.correlation_id: reply for reply in replies}
+        try:
+            check_payload(b"{not json", InvocationType.REQUEST_RESPONSE)
+        except errors.APIError as error:
+            expected = error
+        self.assertEqual(expected.status, 400)
+        self.assert_error_reply(by_id[ids[0]], expected)
+        self.assertIn(b"Could not parse request body into json", by_id[ids[0]].body)
+        self.assertEqual(by_id[ids[1]].body, b'{"after": 2}')
+        self.assertEqual(count_starts(daemon.output), 1)
+
+    async def test_refused_events_are_dropped(self) -> None:
+        """Events over 1 MB or not JSON are dropped (not requeued, never run); the next Event runs."""
+        name, daemon = await self.daemon()
+        marker = f"after-refused-{uuid.uuid4().hex}"
+        too_big = b'{"big": "' + b"x" * errors.MAX_ASYNC_PAYLOAD + b'"}'
+        for body in (too_big, b"not json", json.dumps({"print": marker}).encode()):
+            await within(deferToThread(upstream_event, amqp_uri(), name, body), 20, reactor)
+        await eventually(reactor, lambda: b"END RequestId" in daemon.output, 10, "the last Event ran")
+        self.assertEqual(count_starts(daemon.output), 1)
+        self.assertIn(marker.encode(), bytes(daemon.output))
+        # Nothing went back to the queue to be delivered again.
+        self.assertEqual(await within(deferToThread(ready_messages, amqp_uri(), name), 10, reactor), 0)
+
+    async def test_unserved_qualifier_refused(self) -> None:
+        """A request whose X-Amz-Qualifier the daemon does not serve gets a 404 reply; $LATEST and none are served."""
+        name, daemon = await self.daemon()
+        ids, replies = await self.rpc(name, [b'{"q": 1}'], headers={"X-Amz-Qualifier": "v9"})
+        self.assert_error_reply(
+            replies[0], errors.function_not_found(daemon.config.function.arn("v9"))
+        )
+        ids, replies = await self.rpc(name, [b'{"q": 2}'], headers={"X-Amz-Qualifier": "$LATEST"})
+        self.assertEqual([reply.body for reply in replies], [b'{"q": 2}'])
+        self.assertEqual(count_starts(daemon.output), 1)

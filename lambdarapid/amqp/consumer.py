@@ -8,6 +8,9 @@ C{correlation_id}; the reply's body is what an HTTP caller would get, with
 C{X-Amz-Function-Error} and C{X-Amz-Log-Result} headers. A delivery is acked
 only once its reply is published, so a daemon that dies mid-invocation leaves
 the message to be redelivered to another.
+
+Requests are checked as the Invoke API checks them (qualifier, size, JSON): a
+refused one gets an error reply (or, for an Event, is dropped), never a run.
 """
 
 from __future__ import annotations
@@ -34,12 +37,13 @@ from ..invocation import (
     ServiceUnavailable,
     TooManyRequests,
     Withdrawn,
+    check_payload,
     decode_client_context,
     new_trace_id,
 )
 from ..logs import observer
 from .connection import reconnect_if_closed
-from .messages import header_text, reply_properties
+from .messages import error_reply_properties, header_text, reply_properties
 
 
 #: How long a delivery the pool has no room for is held before it is requeued,
@@ -149,7 +153,19 @@ class RPCConsumer:
         )
 
     def _invocation(self, properties: pika.BasicProperties, body: bytes) -> Invocation:
+        """
+        The request as an Invocation, checked as the Invoke API checks it: an
+        L{errors.APIError} for a qualifier this function does not serve (404),
+        a payload over its type's limit (413) or not JSON (400).
+        """
         headers = properties.headers or {}
+        qualifier = header_text(headers, "X-Amz-Qualifier") or None
+        if not self._function.serves(self._function.name, qualifier):
+            raise errors.function_not_found(self._function.arn(qualifier))
+        invocation_type = (
+            InvocationType.REQUEST_RESPONSE if properties.reply_to else InvocationType.EVENT
+        )
+        payload = check_payload(body, invocation_type)
         now: float = self._reactor.seconds()
         context = header_text(headers, "X-Amz-Client-Context")
         client_context = None
@@ -167,12 +183,11 @@ class RPCConsumer:
             # the message could have been sent.
             deadline = min(now, float(properties.timestamp) + 1.0) + self._function.timeout
         invocation = Invocation(
-            payload=body or b"{}",
-            function_arn=self._function.arn(),
+            payload=payload,
+            function_arn=self._function.arn(qualifier),
             function_name=self._function.name,
-            invocation_type=(
-                InvocationType.REQUEST_RESPONSE if properties.reply_to else InvocationType.EVENT
-            ),
+            qualifier=qualifier,
+            invocation_type=invocation_type,
             tail_log=header_text(headers, "X-Amz-Log-Type") == "Tail",
             client_context=client_context,
             trace_id=header_text(headers, "X-Amzn-Trace-Id") or new_trace_id(now),
@@ -196,6 +211,9 @@ class RPCConsumer:
         tag = method.delivery_tag
         try:
             invocation = self._invocation(properties, body)
+        except errors.APIError as error:
+            self._refuse_request(channel, tag, properties, error)
+            return
         except Exception:
             self.log.failure("dropping a malformed AMQP request (delivery {tag})", tag=tag)
             channel.basic_nack(delivery_tag=tag, requeue=False)
@@ -208,6 +226,31 @@ class RPCConsumer:
             callbackArgs=(channel, tag, properties.reply_to, properties.correlation_id),
             errbackArgs=(channel, tag, invocation.request_id),
         )
+
+    def _refuse_request(
+        self,
+        channel: TwistedChannel,
+        tag: int,
+        properties: pika.BasicProperties,
+        error: errors.APIError,
+    ) -> None:
+        """Answer a request the Invoke API would refuse with its error; drop such an Event."""
+        if not properties.reply_to:
+            self.log.warn(
+                "dropping Event request {id}: {status} {type}",
+                id=properties.correlation_id,
+                status=error.status,
+                type=error.error_type,
+            )
+            channel.basic_nack(delivery_tag=tag, requeue=False)
+            return
+        channel.basic_publish(
+            exchange="",
+            routing_key=properties.reply_to,
+            body=error.body,
+            properties=error_reply_properties(error, properties.correlation_id),
+        )
+        channel.basic_ack(delivery_tag=tag)
 
     def _answer(
         self,

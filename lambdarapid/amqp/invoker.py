@@ -7,7 +7,9 @@ comes straight back (C{basic.return}) as a 404. The pending reply is
 registered before publishing, so even the fastest reply finds it. If the
 connection drops, pending requests are published again on the next one (their
 old reply-to died with the old channel): the first reply wins, and a caller is
-answered once.
+answered once. An error reply (a request the daemon refused before running
+it) fails the invocation with the L{errors.APIError} it describes, which the
+Invoke API answers exactly as the daemon's own would.
 """
 
 from __future__ import annotations
@@ -36,7 +38,7 @@ from ..invocation import (
 from .. import errors
 from ..logs import observer
 from .connection import reconnect_if_closed
-from .messages import DIRECT_REPLY_TO, request_properties, result_from_reply
+from .messages import DIRECT_REPLY_TO, error_from_reply, request_properties, result_from_reply
 
 
 #: After a reconnection, how long requests that come back unroutable are
@@ -94,9 +96,6 @@ class AMQPInvoker:
         Deferred.fromCoroutine(self._receive(replies))
         if not self._startup_reroute_until:
             self._startup_reroute_until = self._reactor.seconds() + STARTUP_REROUTE
-        waiters, self._connection_waiters = self._connection_waiters, []
-        for waiter in waiters:
-            waiter.callback(None)
         if self._pending:
             self.log.info(
                 "publishing {n} pending request(s) again on the new connection",
@@ -107,6 +106,11 @@ class AMQPInvoker:
             pending.reroute_until = reroute_until
             pending.republished = True
             self._publish(pending.invocation)
+        # Only now: requests held for the connection publish themselves once,
+        # and must not be in the republished set above (they would run twice).
+        waiters, self._connection_waiters = self._connection_waiters, []
+        for waiter in waiters:
+            waiter.callback(None)
 
     def disconnected(self, reason: Failure) -> None:
         self._connection = self._rpc = self._events = None
@@ -218,7 +222,11 @@ class AMQPInvoker:
             if pending is None:
                 continue  # a late or duplicate reply: its caller was answered
             pending.timer.cancel()
-            pending.result.callback(result_from_reply(message.properties, message.body))
+            error = error_from_reply(message.properties, message.body)
+            if error is not None:
+                pending.result.errback(error)
+            else:
+                pending.result.callback(result_from_reply(message.properties, message.body))
 
     def _returned(self, message: Any) -> None:
         request_id = message.properties.correlation_id or ""
@@ -247,14 +255,14 @@ class AMQPInvoker:
         pending = self._pending.pop(request_id, None)
         if pending is None:
             return
-        message = (
-            f"RequestId: {request_id} Error: Task timed out after {self._timeout:.2f} seconds"
+        self.log.warn(
+            "{message} (no reply from the function)",
+            message=errors.timed_out_message(request_id, self._timeout),
         )
-        self.log.warn("{message} (no reply from the function)", message=message)
         pending.result.callback(
             Result(
                 outcome=Outcome.TIMEOUT,
-                body=errors.function_error_body("Sandbox.Timedout", message),
+                body=errors.timed_out_body(request_id, self._timeout),
                 request_id=request_id,
                 error_type="Sandbox.Timedout",
                 duration=self._timeout,
