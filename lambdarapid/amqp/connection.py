@@ -5,24 +5,31 @@ ClientService.
 The broker may be down at start, restart, or close our connection; each time
 the service reconnects with backoff and tells its L{AMQPUser}s to set up again
 (declare, consume) on the new connection. Users keep working without it
-(the daemon keeps serving HTTP; the server answers 503).
+(the daemon keeps serving HTTP; the server answers 503). Each outage is
+logged once, saying why: the broker unreachable, a refused login, a refused
+vhost.
 """
 
 from __future__ import annotations
 
+import random as _random
 from typing import Any, Callable, Protocol
 
 import pika
+import pika.exceptions
+import pika.frame
+import pika.spec
 from pika.adapters.twisted_connection import TwistedProtocolConnection
-from twisted.application.internet import ClientService, backoffPolicy
+from twisted.application.internet import ClientService
 from twisted.application.service import Service
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import CancelledError, Deferred
 from twisted.internet.endpoints import HostnameEndpoint, wrapClientTLS
-from twisted.internet.interfaces import IStreamClientEndpoint, ITCPTransport
+from twisted.internet.interfaces import IProtocol, IProtocolFactory, IStreamClientEndpoint, ITCPTransport
 from twisted.internet.protocol import Factory
 from twisted.internet.ssl import optionsForClientTLS
 from twisted.logger import Logger
 from twisted.python.failure import Failure
+from zope.interface import implementer
 
 from ..logs import observer
 from .parameters import redacted
@@ -67,10 +74,130 @@ def broker_endpoint(reactor: Any, parameters: pika.ConnectionParameters) -> IStr
     return endpoint
 
 
+def retry_policy(
+    initial: float, maximum: float, random: Callable[[], float] = _random.random
+) -> Callable[[int], float]:
+    """
+    The wait before reconnection attempt C{attempt} (1, 2, ...): C{initial}
+    doubling up to C{maximum}, of which a random half to all is waited, so
+    that daemons cut off together do not all come back at once, and never
+    longer than C{maximum} (the URI's C{retry_delay}), as logged. Twisted's
+    C{backoffPolicy} adds its jitter on top of its maximum instead.
+    """
+
+    def policy(attempt: int) -> float:
+        delay = min(initial * 2.0 ** min(max(attempt - 1, 0), 64), maximum)
+        return delay * (0.5 + 0.5 * random())
+
+    return policy
+
+
+class HandshakeWatcher:
+    """
+    Reads the frames of the AMQP handshake for the broker's C{connection.close}.
+
+    pika's Twisted adapter fails C{ready} with a bare C{AMQPConnectionError}
+    whatever happened, so its reply code and text (C{403 ACCESS_REFUSED}: the
+    login; C{530 NOT_ALLOWED}: the vhost) are kept here for the log.
+    """
+
+    #: The handshake is a few small frames; past this, stop looking.
+    LIMIT = 64 * 1024
+
+    def __init__(self) -> None:
+        self._buffer = bytearray()
+        self.done = False
+        self.refusal: tuple[int, str] | None = None
+
+    def feed(self, data: bytes) -> None:
+        if self.done:
+            return
+        self._buffer += data
+        while self._buffer:
+            try:
+                consumed, frame = pika.frame.decode_frame(bytes(self._buffer))
+            except Exception:  # not ours to judge: pika reports framing errors
+                self.stop()
+                return
+            if frame is None:
+                break
+            del self._buffer[:consumed]
+            method = getattr(frame, "method", None)
+            if isinstance(method, pika.spec.Connection.Close):
+                self.refusal = (int(method.reply_code or 0), str(method.reply_text or ""))
+                self.stop()
+                return
+        if len(self._buffer) > self.LIMIT:
+            self.stop()
+
+    def stop(self) -> None:
+        self.done = True
+        self._buffer = bytearray()
+
+
+def describe_refusal(refusal: tuple[int, str], parameters: pika.ConnectionParameters) -> str:
+    """What a broker's refusal to open the connection means, for the log (no password)."""
+    code, text = refusal
+    where = redacted(parameters)
+    user = getattr(parameters.credentials, "username", None)
+    if code == 403:
+        return (
+            f"the AMQP broker at {where} refused the login of user {user!r} ({text}); "
+            "check the credentials in AMQP_URI (or AMQP_USERNAME and AMQP_PASSWORD)"
+        )
+    if code == 530:
+        return (
+            f"the AMQP broker at {where} refused access to vhost {parameters.virtual_host!r} "
+            f"for user {user!r} ({text}); the vhost does not exist, or the user has no "
+            "permissions on it"
+        )
+    return f"the AMQP broker at {where} closed the connection while opening it: {code} {text}"
+
+
+def _refusal(error: BaseException, watcher: HandshakeWatcher) -> tuple[int, str] | None:
+    """The broker's refusal behind a failed C{ready}: seen on the wire, or named by pika."""
+    if watcher.refusal is not None:
+        return watcher.refusal
+    if isinstance(error, pika.exceptions.ConnectionClosedByBroker):
+        return (error.reply_code, error.reply_text)
+    if isinstance(error, (pika.exceptions.ProbableAuthenticationError, pika.exceptions.AuthenticationError)):
+        return (403, str(error))
+    if isinstance(error, pika.exceptions.ProbableAccessDeniedError):
+        return (530, str(error))
+    return None
+
+
+@implementer(IStreamClientEndpoint)
+class _WatchedEndpoint:
+    """An endpoint that reports its failed connection attempts (ClientService only retries them)."""
+
+    def __init__(self, endpoint: IStreamClientEndpoint, failed: Callable[[Failure], None]) -> None:
+        self._endpoint = endpoint
+        self._failed = failed
+
+    def connect(self, protocolFactory: IProtocolFactory) -> Deferred[IProtocol]:
+        def failed(failure: Failure) -> Failure:
+            if not failure.check(CancelledError):
+                self._failed(failure)
+            return failure
+
+        connecting: Deferred[IProtocol] = self._endpoint.connect(protocolFactory)
+        return connecting.addErrback(failed)
+
+
 class _Connection(TwistedProtocolConnection):
-    """Tells the service when the transport goes, whatever the reason."""
+    """Tells the service when the transport goes, whatever the reason; watches the handshake."""
 
     service: AMQPConnectionService
+
+    def __init__(self, parameters: pika.ConnectionParameters, custom_reactor: Any) -> None:
+        super().__init__(parameters, custom_reactor=custom_reactor)
+        self.handshake = HandshakeWatcher()
+
+    def dataReceived(self, data: bytes) -> None:
+        if not self.handshake.done:
+            self.handshake.feed(data)
+        super().dataReceived(data)
 
     def connectionMade(self) -> None:
         super().connectionMade()
@@ -92,16 +219,21 @@ class AMQPConnectionService(Service):
         parameters: pika.ConnectionParameters,
         reactor: Any,
         endpoint: IStreamClientEndpoint | None = None,
+        random: Callable[[], float] = _random.random,
     ) -> None:
         self._parameters = parameters
         self._reactor = reactor
         self._users: list[AMQPUser] = []
         self.connection: TwistedProtocolConnection | None = None
-        retry_delay = max(0.1, float(parameters.retry_delay or 10))
+        #: The protocol of the connection attempt under way (ClientService makes one at a time).
+        self._built: _Connection | None = None
+        #: What the current outage was last logged as; None while connected.
+        self._outage: object = None
+        self.retry_delay = max(0.1, float(parameters.retry_delay or 10))
         self._client = ClientService(
-            endpoint or broker_endpoint(reactor, parameters),
+            _WatchedEndpoint(endpoint or broker_endpoint(reactor, parameters), self._unreachable),
             Factory.forProtocol(self._build),
-            retryPolicy=self._retry_policy(backoffPolicy(0.5, retry_delay, 2.0)),
+            retryPolicy=retry_policy(0.5, self.retry_delay, random),
             clock=reactor,
             prepareConnection=self._prepare,
         )
@@ -117,24 +249,44 @@ class AMQPConnectionService(Service):
     def _build(self) -> _Connection:
         connection = _Connection(self._parameters, custom_reactor=self._reactor)
         connection.service = self
+        self._built = connection
         return connection
 
-    def _retry_policy(self, policy: Any) -> Any:
-        def retry(attempt: int) -> float:
-            delay: float = policy(attempt)
-            if attempt == 1:
-                self.log.warn(
-                    "cannot reach the AMQP broker at {where}; retrying every {max:.0f} s at most",
-                    where=redacted(self._parameters),
-                    max=float(self._parameters.retry_delay or 10),
+    def _outage_is(self, kind: object, problem: str, error: bool = False) -> None:
+        """Log C{problem} once per outage (and again if its kind changes)."""
+        if kind == self._outage:
+            return
+        self._outage = kind
+        emit = self.log.error if error else self.log.warn
+        emit("{problem}; retrying within {delay:g} s", problem=problem, delay=self.retry_delay)
+
+    def _unreachable(self, failure: Failure) -> None:
+        self._outage_is(
+            "unreachable",
+            f"cannot reach the AMQP broker at {redacted(self._parameters)} "
+            f"({failure.getErrorMessage()})",
+        )
+
+    async def _prepare(self, proxy: object) -> None:
+        connection = self._built
+        assert connection is not None
+        try:
+            if connection.ready is not None:
+                await connection.ready
+        except Exception as error:
+            refusal = _refusal(error, connection.handshake)
+            if refusal is None:
+                self._outage_is(
+                    "handshake",
+                    f"the AMQP handshake with {redacted(self._parameters)} failed ({error!r})",
                 )
-            return delay
-
-        return retry
-
-    async def _prepare(self, proxy: Any) -> None:
-        await proxy.ready
-        connection = proxy._protocol if hasattr(proxy, "_protocol") else proxy
+            else:
+                self._outage_is(
+                    ("refused", refusal[0]), describe_refusal(refusal, self._parameters), error=True
+                )
+            raise
+        finally:
+            connection.handshake.stop()
         try:
             for user in self._users:
                 await user.connected(connection)
@@ -147,6 +299,7 @@ class AMQPConnectionService(Service):
             connection.close()
             raise
         self.connection = connection
+        self._outage = None
         self.log.info("connected to the AMQP broker at {where}", where=redacted(self._parameters))
 
     def _lost(self, connection: _Connection, reason: Failure) -> None:

@@ -7,6 +7,8 @@ C{AMQP_URI} itself is read and checked with the rest of the configuration
 
 from __future__ import annotations
 
+from urllib.parse import quote
+
 import pika
 
 from ..config import parse_amqp_uri
@@ -15,5 +17,12 @@ __all__ = ["parse_amqp_uri", "redacted"]
 
 
 def redacted(parameters: pika.ConnectionParameters) -> str:
-    """Where we connect, for logs: host, port and vhost, never credentials."""
-    return f"{parameters.host}:{parameters.port}{parameters.virtual_host}"
+    """
+    Where we connect, for logs, as C{AMQP_URI} without its credentials and
+    query: scheme, host, port and the vhost percent-encoded (the default vhost
+    is C{%2F}), so that it can be pasted back.
+    """
+    scheme = "amqps" if parameters.ssl_options is not None else "amqp"
+    host = f"[{parameters.host}]" if ":" in parameters.host else parameters.host
+    vhost = quote(parameters.virtual_host, safe="")
+    return f"{scheme}://{host}:{parameters.port}/{vhost}"
