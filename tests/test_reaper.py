@@ -42,3 +42,14 @@ class ReapOrphansTests(SynchronousTestCase):
         self.assertEqual(reap_orphans(), 0)
         status = os.waitid(os.P_PID, pid, os.WEXITED | os.WNOHANG | os.WNOWAIT)
         self.assertEqual(status.si_pid if status else None, pid)
+
+    def test_zombies_behind_a_twisted_one_are_reaped(self) -> None:
+        """A zombie Twisted owns does not stop the others from being reaped."""
+        ours = exited_child()
+        process.reapProcessHandlers[ours] = object()  # type: ignore[assignment]
+        self.addCleanup(process.reapProcessHandlers.pop, ours)
+        self.addCleanup(os.waitpid, ours, 0)
+        orphans = [exited_child(), exited_child()]
+        self.assertEqual(reap_orphans(), 2)
+        for pid in orphans:
+            self.assertRaises(ChildProcessError, os.waitpid, pid, os.WNOHANG)
