@@ -5,6 +5,13 @@ Each environment listens on its own loopback port, so which process asked for
 the next event is known from the socket it asked on. The environment owns the
 runtime's state machine and its output; what to run and when to give up is
 the L{Pool}'s business, told through the L{EnvironmentOwner} callbacks.
+
+An environment is I{released} once its runtime has exited and its port is
+closed (its slot may be reused), and has I{ended} once the process has ended
+too (its output pipes are closed: nothing of it is left in the reactor).
+Whatever the runtime started is found by the environment's marker (its
+C{AWS_LAMBDA_LOG_STREAM_NAME}, unique to it, which children inherit) and
+killed when the runtime exits, wherever those processes were re-parented.
 """
 
 from __future__ import annotations
@@ -19,7 +26,7 @@ from typing import Any, Callable, Protocol
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.endpoints import serverFromString
 from twisted.internet.error import CannotListenError, ProcessDone, ProcessTerminated
-from twisted.internet.interfaces import IListeningPort
+from twisted.internet.interfaces import IDelayedCall, IListeningPort
 from twisted.internet.protocol import ProcessProtocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -39,6 +46,10 @@ MAX_LINE = 64 * 1024
 ORPHAN_OUTPUT_GRACE = 1.0
 #: How long a runtime that reported an init error gets to exit by itself.
 INIT_ERROR_EXIT_GRACE = 2.0
+#: The most reactor turns an answer waits for the runtime's output to be read.
+MAX_OUTPUT_TURNS = 16
+#: The variable whose value, unique to an environment, marks the processes its runtime started.
+MARKER_VARIABLE = "AWS_LAMBDA_LOG_STREAM_NAME"
 
 _SIGNAL_WORDS = {
     signal.SIGKILL: "killed",
@@ -126,9 +137,25 @@ class ExecutionEnvironment(ProcessProtocol):
         self._partial: dict[int, bytearray] = {}
         self._log_buffer = bytearray()
         self._peak_kb = 0
-        self._output_closer: Any = None
-        self._ended = False
-        self._on_ended: list[Callable[[], object]] = []
+        self._output_closer: IDelayedCall | None = None
+        self._output_count = 0
+        self._marker = b""
+        #: Run when the runtime has exited (its kill timers).
+        self._on_exit: list[Callable[[], object]] = []
+        #: Answered GET next requests this environment will never give an event.
+        self._refused: list[Deferred[Invocation]] = []
+        self._pending_answer: (
+            tuple[Invocation, Outcome, bytes, str | None, Deferred[None]] | None
+        ) = None
+        self._settle_call: IDelayedCall | None = None
+        self._settle_then: Callable[[], None] | None = None
+        self._settle_seen = 0
+        self._settle_turns = 0
+        self._exited = False
+        self._process_ended = False
+        self._port_closed = False
+        self._released: list[Deferred[None]] = []
+        self._ended: list[Deferred[None]] = []
 
     def __repr__(self) -> str:
         return f"<ExecutionEnvironment #{self.index} {self.state.value} pid={self.pid}>"
@@ -191,6 +218,7 @@ class ExecutionEnvironment(ProcessProtocol):
     def _spawn(self) -> None:
         command = self._config.command
         environ = self._environ()
+        self._marker = f"{MARKER_VARIABLE}={environ[MARKER_VARIABLE]}".encode()
         # Lambda runs the runtime in its task root.
         task_root = environ.get("LAMBDA_TASK_ROOT")
         self._spawned_at = self._reactor.seconds()  # type: ignore[attr-defined]
@@ -203,11 +231,15 @@ class ExecutionEnvironment(ProcessProtocol):
         )
         self.pid = transport.pid
         transport.closeStdin()
-        self.log.debug(
-            "environment #{index} spawned {command} as pid {pid}, Runtime API on port {port}",
+        self.log.info(
+            "runtime #{index} started (pid {pid}): {command}",
             index=self.index,
             command=" ".join(command),
             pid=self.pid,
+        )
+        self.log.debug(
+            "runtime #{index} has its Runtime API on port {port}",
+            index=self.index,
             port=self.runtime_port,
         )
 
@@ -225,21 +257,48 @@ class ExecutionEnvironment(ProcessProtocol):
             self.stop_requested = True
             proctree.signal_tree(self.pid, signal.SIGTERM)
             killer = self._reactor.callLater(grace, self.kill)  # type: ignore[attr-defined]
-            self._on_ended.append(lambda: killer.cancel() if killer.active() else None)
+            self._on_exit.append(lambda: killer.cancel() if killer.active() else None)
         return self.ended()
 
+    def released(self) -> Deferred[None]:
+        """Fires once the runtime has exited and its port is closed: its slot may be reused."""
+        return self._when(self._released, self._port_closed and self._gone(self._exited))
+
     def ended(self) -> Deferred[None]:
-        """Fires once the runtime has exited and its Runtime API stopped listening."""
-        if self._ended:
+        """
+        Fires once the process has ended (exited, and its output pipes closed)
+        and its port is closed: nothing of this environment is left.
+        """
+        return self._when(self._ended, self._port_closed and self._gone(self._process_ended))
+
+    def _gone(self, flag: bool) -> bool:
+        return flag or self.pid is None  # never spawned: nothing to wait for
+
+    @staticmethod
+    def _when(waiters: list[Deferred[None]], done: bool) -> Deferred[None]:
+        if done:
             return succeed(None)
         waiter: Deferred[None] = Deferred()
-        self._on_ended.append(lambda: waiter.callback(None))
+        waiters.append(waiter)
         return waiter
+
+    def _check_done(self) -> None:
+        if not self._port_closed:
+            return
+        if self._gone(self._exited):
+            waiters, self._released = self._released, []
+            for waiter in waiters:
+                waiter.callback(None)
+        if self._gone(self._process_ended):
+            waiters, self._ended = self._ended, []
+            for waiter in waiters:
+                waiter.callback(None)
 
     # The Runtime API's calls
 
     def next_invocation(self) -> Deferred[Invocation]:
         """GET /next: a Deferred that fires with the next event for this runtime."""
+        self._settle_now()  # an answer waiting for the runtime's output is taken first
         if self.state is State.BUSY:
             if not self.answered:
                 raise errors.invalid_state_transition(
@@ -257,14 +316,23 @@ class ExecutionEnvironment(ProcessProtocol):
             if self.init_error is not None:
                 raise errors.invalid_state_transition("next called after init/error")
             self.init_duration = self._reactor.seconds() - self._spawned_at  # type: ignore[attr-defined]
-        else:  # STOPPING, DEAD: no more events, ever.
-            return Deferred()
+        elif self.state is State.STOPPING:
+            # No more events, ever: this one is answered when the runtime is gone.
+            refused: Deferred[Invocation] = Deferred(self._refused_cancelled)
+            self._refused.append(refused)
+            return refused
+        else:  # DEAD: a child the runtime left is asking.
+            raise errors.container_error("this execution environment's runtime has exited")
         self.state = State.IDLE
         self.idle_since = self._reactor.seconds()  # type: ignore[attr-defined]
         waiting: Deferred[Invocation] = Deferred(self._next_cancelled)
         self._waiting = waiting
         self._owner.environment_ready(self)
         return waiting
+
+    def _refused_cancelled(self, refused: Deferred[Invocation]) -> None:
+        if refused in self._refused:
+            self._refused.remove(refused)
 
     def _next_cancelled(self, waiting: Deferred[Invocation]) -> None:
         # The runtime hung up its GET /next: it is dying, or will ask again.
@@ -290,17 +358,40 @@ class ExecutionEnvironment(ProcessProtocol):
 
     def answer(
         self, request_id: str, outcome: Outcome, body: bytes, error_type: str | None = None
-    ) -> None:
-        """POST /response or /error for C{request_id}; raises the AWS error if out of turn."""
+    ) -> Deferred[None] | None:
+        """
+        POST /response or /error for C{request_id}; raises the AWS error if out
+        of turn. When the invocation's log is wanted (reports, C{Tail}) the
+        answer is taken once the runtime's output is read, and the Deferred
+        returned fires then; otherwise it is taken at once and None returned.
+        """
         current = self.current
-        if current is None or current.request_id != request_id:
+        if self.state is State.DEAD or current is None or current.request_id != request_id:
             raise errors.invalid_request_id(request_id)
         if self.answered:
             raise errors.invalid_state_transition(
                 f"invocation {request_id} has already been answered"
             )
         self.answered = True
-        self._owner.environment_answered(self, outcome, body, error_type)
+        if not self._wants_log(current):
+            self._owner.environment_answered(self, outcome, body, error_type)
+            return None
+        taken: Deferred[None] = Deferred()
+        self._pending_answer = (current, outcome, body, error_type, taken)
+        self._after_output(self._take_answer)
+        return taken
+
+    def _wants_log(self, invocation: Invocation | None) -> bool:
+        return self._config.print_reports or (invocation is not None and invocation.tail_log)
+
+    def _take_answer(self) -> None:
+        pending, self._pending_answer = self._pending_answer, None
+        if pending is None:
+            return
+        invocation, outcome, body, error_type, taken = pending
+        if self.current is invocation:  # not timed out meanwhile
+            self._owner.environment_answered(self, outcome, body, error_type)
+        taken.callback(None)
 
     def init_failed(self, error_type: str | None, body: bytes) -> None:
         """POST /init/error: keep the error for the invocation that caused this init."""
@@ -308,35 +399,51 @@ class ExecutionEnvironment(ProcessProtocol):
             raise errors.invalid_state_transition("init/error is only allowed during init")
         self.init_error = (error_type, body)
         killer = self._reactor.callLater(INIT_ERROR_EXIT_GRACE, self.kill)  # type: ignore[attr-defined]
-        self._on_ended.append(lambda: killer.cancel() if killer.active() else None)
+        self._on_exit.append(lambda: killer.cancel() if killer.active() else None)
 
     # Output
 
     def take_log(self) -> bytes:
         """The current invocation's output so far (its last 4 KB at least)."""
-        self.drain_output()
         return bytes(self._log_buffer)
 
-    def drain_output(self) -> None:
+    def _after_output(self, then: Callable[[], None]) -> None:
         """
-        Read what the runtime has already written to its pipes.
+        Call C{then} once the output the runtime wrote before now has been read.
 
-        A runtime writes its logs before it posts its answer, but the reactor
-        may read the answer's socket first; reading the pipes now keeps the
-        logs in the invocation they belong to.
+        A runtime writes its log lines before it posts its answer (or exits),
+        but the reactor may read the answer's socket before the pipes, which
+        already hold the lines. Every reactor turn reads the pipes (8 KB at a
+        time), so wait for turns until one brings no output: one turn after
+        the current one at least, L{MAX_OUTPUT_TURNS} at most. Only done when
+        the log is wanted, and it costs a turn or two: microseconds.
         """
-        transport = self.transport
-        pipes = getattr(transport, "pipes", {})
-        for fd in (1, 2):
-            reader = pipes.get(fd)
-            for _ in range(64):
-                before = len(self._log_buffer)
-                if reader is None or reader.doRead() is not None:
-                    break
-                if len(self._log_buffer) == before:
-                    break
+        self._settle_then = then
+        self._settle_seen = self._output_count
+        self._settle_turns = 0
+        self._settle_call = self._reactor.callLater(0, self._settle_turn)  # type: ignore[attr-defined]
+
+    def _settle_turn(self) -> None:
+        self._settle_turns += 1
+        fresh = self._output_count != self._settle_seen
+        self._settle_seen = self._output_count
+        if (fresh or self._settle_turns == 1) and self._settle_turns < MAX_OUTPUT_TURNS:
+            self._settle_call = self._reactor.callLater(0, self._settle_turn)  # type: ignore[attr-defined]
+        else:
+            self._settle_call = None
+            self._settle_now()
+
+    def _settle_now(self) -> None:
+        """Stop waiting for output: do now what was to be done once it was read."""
+        call, self._settle_call = self._settle_call, None
+        if call is not None and call.active():
+            call.cancel()
+        then, self._settle_then = self._settle_then, None
+        if then is not None:
+            then()
 
     def childDataReceived(self, childFD: int, data: bytes) -> None:
+        self._output_count += 1
         buffer = self._log_buffer
         buffer += data
         if len(buffer) > 4 * LOG_TAIL_BYTES:
@@ -366,50 +473,70 @@ class ExecutionEnvironment(ProcessProtocol):
     # The process's end
 
     def processExited(self, reason: Failure) -> None:
-        self.drain_output()
+        self._settle_now()  # an answer posted before the exit comes first
+        why = exit_reason(reason)
+        self.state = State.DEAD
+        # What the runtime started goes with it (its children are no longer
+        # its children: they were re-parented, so found by the marker).
+        proctree.signal_marked(self._marker, signal.SIGKILL)
+        self.log.info(
+            "runtime #{index} (pid {pid}) exited: {reason}", index=self.index, pid=self.pid, reason=why
+        )
+        gone = errors.container_error(
+            f"the runtime exited ({why}): this execution environment takes no more events"
+        )
+        waiting, self._waiting = self._waiting, None
+        refused, self._refused = self._refused, []
+        for each in ([waiting] if waiting is not None else []) + refused:
+            each.errback(gone)
+        if self._wants_log(self.current):
+            self._after_output(lambda: self._exited_now(why))
+        else:
+            self._exited_now(why)
+
+    def _exited_now(self, why: str) -> None:
         for partial in self._partial.values():
             if partial:
                 self._output(bytes(partial) + b"\n")
         self._partial.clear()
-        self.state = State.DEAD
-        waiting, self._waiting = self._waiting, None
-        if waiting is not None:
-            waiting.cancel()
-        self.log.debug(
-            "environment #{index} (pid {pid}) exited: {reason}",
-            index=self.index,
-            pid=self.pid,
-            reason=exit_reason(reason),
-        )
-        self._owner.environment_exited(self, exit_reason(reason))
-        # Its slot is free once its port is: whatever the runtime started may
-        # keep its output pipes open for long, and is no business of ours.
-        self.close().addBoth(self._fire_ended)
-        self._output_closer = self._reactor.callLater(  # type: ignore[attr-defined]
-            ORPHAN_OUTPUT_GRACE, self._close_output
-        )
+        self._exited = True
+        callbacks, self._on_exit = self._on_exit, []
+        for callback in callbacks:
+            callback()
+        self._owner.environment_exited(self, why)
+        self.current = None  # an answer from now on is for an invocation that is over: 400
+        # Its slot is free once its port is: whatever the runtime left may keep
+        # its output pipes open for a while, and is no business of the slot.
+        self.close()
+        if not self._process_ended:
+            self._output_closer = self._reactor.callLater(  # type: ignore[attr-defined]
+                ORPHAN_OUTPUT_GRACE, self._close_output
+            )
 
     def _close_output(self) -> None:
-        """Stop reading pipes the runtime's leftover children still hold."""
+        """Stop reading pipes that processes the runtime left still hold, and kill those again."""
+        self._output_closer = None
+        proctree.signal_marked(self._marker, signal.SIGKILL)
         transport = self.transport
-        if transport is not None and getattr(transport, "pipes", None):
+        if transport is not None:
             for fd in (1, 2):
                 transport.closeChildFD(fd)  # type: ignore[attr-defined]
 
     def processEnded(self, reason: Failure) -> None:
-        """All pipes are closed too: no leftover children to stop reading."""
+        """The process has exited and its pipes are closed: nothing of it is left."""
         closer, self._output_closer = self._output_closer, None
         if closer is not None and closer.active():
             closer.cancel()
-
-    def _fire_ended(self, _: object) -> None:
-        self._ended = True
-        callbacks, self._on_ended = self._on_ended, []
-        for callback in callbacks:
-            callback()
+        self._process_ended = True
+        self._check_done()
 
     def close(self) -> Deferred[None]:
         """Stop listening (at the end, or for an environment whose runtime never started)."""
         port, self._port = self._port, None
         stopped = port.stopListening() if port is not None else None
-        return stopped if isinstance(stopped, Deferred) else succeed(None)
+        closed = stopped if isinstance(stopped, Deferred) else succeed(None)
+        return closed.addCallback(self._port_stopped)
+
+    def _port_stopped(self, _: object) -> None:
+        self._port_closed = True
+        self._check_done()

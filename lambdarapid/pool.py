@@ -75,6 +75,8 @@ class Pool:
         self._make_environment = environment_factory
         self._queue: deque[_Job] = deque()
         self._environments: dict[int, ExecutionEnvironment] = {}
+        #: Every environment not yet ended, slot released or not: stop() waits for them.
+        self._alive: set[ExecutionEnvironment] = set()
         self._idle: list[ExecutionEnvironment] = []
         self._jobs: dict[ExecutionEnvironment, _Job] = {}
         self._idle_timers: dict[ExecutionEnvironment, IDelayedCall] = {}
@@ -188,15 +190,11 @@ class Pool:
         deadline = job.invocation.deadline
         if deadline is None or deadline > self._reactor.seconds():  # type: ignore[attr-defined]
             return False
-        message = (
-            f"RequestId: {job.invocation.request_id} Error: Task timed out after "
-            f"{self._function.timeout:.2f} seconds"
-        )
         if not job.result.called:
             job.result.callback(
                 Result(
                     outcome=Outcome.TIMEOUT,
-                    body=errors.function_error_body("Sandbox.Timedout", message),
+                    body=errors.timed_out_body(job.invocation.request_id, self._function.timeout),
                     request_id=job.invocation.request_id,
                     executed_version=self._function.version,
                     error_type="Sandbox.Timedout",
@@ -209,18 +207,15 @@ class Pool:
         environment.answered = True
         job.timer = None
         request_id = job.invocation.request_id
-        message = (
-            f"RequestId: {request_id} Error: Task timed out after "
-            f"{self._function.timeout:.2f} seconds"
-        )
+        timeout = self._function.timeout
         self._finish(
             environment,
             job,
             Outcome.TIMEOUT,
-            errors.function_error_body("Sandbox.Timedout", message),
+            errors.timed_out_body(request_id, timeout),
             "Sandbox.Timedout",
         )
-        self.log.warn("{message}", message=message)
+        self.log.warn("{message}", message=errors.timed_out_message(request_id, timeout))
         environment.current = None  # a late answer is for an invocation that is over: 400
         environment.kill()
 
@@ -324,18 +319,11 @@ class Pool:
             self._answer_init_failure(environment, self._queue.popleft(), reason)
         elif environment.init_error is not None:
             self.log.error(
-                "environment #{index} failed to initialise: {error}",
+                "runtime #{index} failed to initialise: {error}",
                 index=environment.index,
                 error=environment.init_error[1].decode("utf-8", "replace"),
             )
-        if not environment.stop_requested:
-            self.log.info(
-                "environment #{index} (pid {pid}) exited: {reason}",
-                index=environment.index,
-                pid=environment.pid,
-                reason=reason,
-            )
-        environment.ended().addCallback(lambda _: self._release(environment))
+        environment.released().addCallback(lambda _: self._release(environment))
 
     def _answer_exit(self, environment: ExecutionEnvironment, job: _Job, reason: str) -> None:
         message = (
@@ -385,6 +373,8 @@ class Pool:
             index, self._config, self, self._reactor, self._output
         )
         self._environments[index] = environment
+        self._alive.add(environment)
+        environment.ended().addCallback(lambda _: self._ended(environment))
         self._init_timers[environment] = self._reactor.callLater(  # type: ignore[attr-defined]
             max(INIT_TIMEOUT, self._function.timeout), self._init_timed_out, environment
         )
@@ -392,12 +382,17 @@ class Pool:
             self._start_failed, environment
         )
 
+    def _ended(self, environment: ExecutionEnvironment) -> None:
+        self._alive.discard(environment)
+        if self._drained is not None:
+            self._check_drained()
+
     def _init_timed_out(self, environment: ExecutionEnvironment) -> None:
         """A runtime that never asks for an event fails its init, like one that crashes."""
         del self._init_timers[environment]
         seconds = max(INIT_TIMEOUT, self._function.timeout)
         message = f"Runtime init timed out after {seconds:.2f} seconds"
-        self.log.error("environment #{index}: {message}", index=environment.index, message=message)
+        self.log.error("runtime #{index}: {message}", index=environment.index, message=message)
         if environment.init_error is None:
             environment.init_error = ("Sandbox.Timedout", errors.function_error_body("Sandbox.Timedout", message))
         environment.kill()
@@ -407,7 +402,7 @@ class Pool:
         if init_timer is not None:
             init_timer.cancel()
         self.log.failure(
-            "environment #{index} could not be started", failure, index=environment.index
+            "runtime #{index} could not be started", failure, index=environment.index
         )
         environment.state = State.DEAD
         if self._queue:
@@ -432,7 +427,7 @@ class Pool:
             self._arm_idle_timer(environment, left)
             return
         self.log.info(
-            "environment #{index} idle for {seconds:.0f} s: stopping it",
+            "runtime #{index} idle for {seconds:.0f} s: stopping it",
             index=environment.index,
             seconds=now - environment.idle_since,
         )
@@ -444,7 +439,8 @@ class Pool:
     def stop(self) -> Deferred[None]:
         """
         Take no more invocations; let queued and running ones finish within the
-        shutdown timeout; then stop every runtime. Fires when all are gone.
+        shutdown timeout; then stop every runtime. Fires when every
+        environment has ended (process ended, port closed).
         """
         if self._drained is None:
             self._stopping = True
@@ -483,7 +479,7 @@ class Pool:
         for environment in self._environments.values():
             if environment.state is not State.STOPPING:
                 environment.terminate(KILL_GRACE)
-        if self._environments or self._drained.called:
+        if self._environments or self._alive or self._drained.called:
             return
         if self._grace_timer is not None:
             self._grace_timer.cancel()

@@ -1,6 +1,9 @@
 """
 A runtime's process tree, read from /proc: for Max Memory Used and for killing
 everything a runtime started (shell runtimes fork curl, Node forks workers).
+Once a runtime has exited its children are re-parented (to init, or to us as
+PID 1) and no tree leads to them: they are found by a marker in their
+environment instead, which they inherit from the runtime.
 
 Linux only; elsewhere the tree is just the runtime's own process.
 """
@@ -59,6 +62,45 @@ def peak_rss_kb(pid: int) -> int:
 def signal_tree(pid: int, signum: int = signal.SIGKILL) -> None:
     """Send C{signum} to C{pid} and every descendant, leaves last."""
     for each in tree(pid):
+        try:
+            os.kill(each, signum)
+        except OSError:
+            pass
+
+
+def marked(marker: bytes) -> list[int]:
+    """
+    The processes of ours whose environment holds the C{NAME=value} entry
+    C{marker}: whatever a runtime started, wherever it was re-parented.
+    """
+    if b"=" not in marker:
+        return []  # no marker: nothing is marked (and an empty one would match everything)
+    needle = b"\0" + marker + b"\0"
+    uid = os.getuid()
+    me = os.getpid()
+    found: list[int] = []
+    try:
+        names = os.listdir("/proc")
+    except OSError:
+        return found
+    for name in names:
+        if not name.isdigit() or int(name) == me:
+            continue
+        try:
+            if os.stat(f"/proc/{name}").st_uid != uid and uid != 0:
+                continue
+            with open(f"/proc/{name}/environ", "rb") as f:
+                environ = f.read()
+        except OSError:
+            continue
+        if needle in b"\0" + environ:
+            found.append(int(name))
+    return found
+
+
+def signal_marked(marker: bytes, signum: int = signal.SIGKILL) -> None:
+    """Send C{signum} to every process of ours whose environment holds C{marker}."""
+    for each in marked(marker):
         try:
             os.kill(each, signum)
         except OSError:

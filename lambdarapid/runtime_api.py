@@ -9,13 +9,16 @@ measured ~100 us less daemon CPU per invocation than a tuned twisted.web
 Site. It still speaks proper HTTP/1.1: keep-alive, chunked bodies (streamed
 responses, with their error trailers), pipelining, size limits, 400 on
 malformed input, C{Connection: close}.
+
+The request line and headers are capped at L{errors.MAX_REQUEST_HEAD}: the
+parser is never fed more of a head than that (httptools joins a header's
+pieces anew on every read, so an unbounded one costs quadratic time).
 """
 
 from __future__ import annotations
 
 import base64
 import binascii
-import json
 from collections import deque
 from dataclasses import dataclass, field
 from email.utils import formatdate
@@ -54,6 +57,8 @@ _REASONS = {
     404: b"Not Found",
     405: b"Method Not Allowed",
     413: b"Request Entity Too Large",
+    414: b"URI Too Long",
+    431: b"Request Header Fields Too Large",
     500: b"Internal Server Error",
 }
 
@@ -80,8 +85,16 @@ def _accepted() -> _Response:
     return _Response(202, errors.ACCEPTED)
 
 
+def _accepted_when(taken: Deferred[None] | None) -> _Response | Deferred[_Response]:
+    """202 now, or once the environment has taken the answer (after the runtime's output)."""
+    if taken is None:
+        return _accepted()
+    return taken.addCallback(lambda _: _accepted())
+
+
 def _error_response(error: errors.APIError) -> _Response:
-    return _Response(error.status, error.body)
+    headers = [(name.encode(), _header_value(value)) for name, value in error.headers.items()]
+    return _Response(error.status, error.body, headers)
 
 
 def _error_document(request: _Request, body: bytes) -> tuple[str | None, bytes]:
@@ -96,9 +109,7 @@ def _error_document(request: _Request, body: bytes) -> tuple[str | None, bytes]:
             except (binascii.Error, ValueError):
                 body = b""
     if not body.strip():
-        body = json.dumps(
-            {"errorMessage": error_type or "Unknown error", "errorType": error_type or "Unknown"}
-        ).encode()
+        body = errors.function_error_body(error_type or "Unknown", error_type or "Unknown error")
     return error_type, body
 
 
@@ -161,13 +172,7 @@ class RuntimeAPI:
     @staticmethod
     def _require(request: _Request, method: bytes) -> None:
         if request.method != method:
-            raise errors.APIError(
-                405,
-                "MethodNotAllowed",
-                json.dumps(
-                    {"errorMessage": f"use {method.decode()}", "errorType": "MethodNotAllowed"}
-                ).encode(),
-            )
+            raise errors.runtime_method_not_allowed(method.decode())
 
     @staticmethod
     def _request_id(path: bytes, suffix: bytes) -> str:
@@ -177,7 +182,7 @@ class RuntimeAPI:
     def _event(invocation: Invocation) -> _Response:
         return _Response(200, invocation.payload, _event_headers(invocation))
 
-    def response(self, request: _Request, request_id: str) -> _Response:
+    def response(self, request: _Request, request_id: str) -> _Response | Deferred[_Response]:
         mode = request.headers.get(_RESPONSE_MODE)
         if mode is not None and mode.lower() not in _RESPONSE_MODES:
             raise errors.invalid_response_mode(mode.decode("utf-8", "replace"))
@@ -187,10 +192,12 @@ class RuntimeAPI:
         if mode is not None and _ERROR_TYPE in request.headers:
             # A streamed response that failed midway reports it in its trailers.
             error_type, document = _error_document(request, b"")
-            self._environment.answer(request_id, Outcome.FUNCTION_ERROR, document, error_type)
+            taken = self._environment.answer(
+                request_id, Outcome.FUNCTION_ERROR, document, error_type
+            )
         else:
-            self._environment.answer(request_id, Outcome.SUCCESS, body)
-        return _accepted()
+            taken = self._environment.answer(request_id, Outcome.SUCCESS, body)
+        return _accepted_when(taken)
 
     def _too_large(self, request_id: str) -> errors.APIError:
         """The caller gets Function.ResponseSizeTooLarge; the runtime the 413 returned."""
@@ -202,12 +209,12 @@ class RuntimeAPI:
         )
         return errors.entity_too_large()
 
-    def error(self, request: _Request, request_id: str) -> _Response:
+    def error(self, request: _Request, request_id: str) -> _Response | Deferred[_Response]:
         if request.body is None:
             raise self._too_large(request_id)
         error_type, body = _error_document(request, request.body)
-        self._environment.answer(request_id, Outcome.FUNCTION_ERROR, body, error_type)
-        return _accepted()
+        taken = self._environment.answer(request_id, Outcome.FUNCTION_ERROR, body, error_type)
+        return _accepted_when(taken)
 
     def init_error(self, request: _Request) -> _Response:
         if request.body is None:
@@ -215,6 +222,13 @@ class RuntimeAPI:
         error_type, body = _error_document(request, request.body)
         self._environment.init_failed(error_type, body)
         return _accepted()
+
+
+class _HeadTooLarge(Exception):
+    """Raised inside the parser's callbacks to stop it at an oversized head."""
+
+    def __init__(self, status: int) -> None:
+        self.status = status
 
 
 class RuntimeAPIProtocol(Protocol):
@@ -228,26 +242,50 @@ class RuntimeAPIProtocol(Protocol):
         self._requests: deque[_Request] = deque()
         self._waiting: Deferred[_Response] | None = None
         self._closing = False
-        self._url = b""
+        self._url: list[bytes] = []
+        self._url_size = 0
         self._headers: dict[bytes, bytes] = {}
         self._body: list[bytes] = []
         self._length = 0
+        #: Whether the parser is reading a head (request line, headers) or waits for one.
+        self._in_head = True
+        #: Bytes fed to the parser while it was reading the current head.
+        self._head_fed = 0
+        #: The current head's URL and header bytes, as the parser reports them.
+        self._head_size = 0
+        self._completed = 0
 
     # httptools callbacks
 
     def on_message_begin(self) -> None:
-        self._url = b""
+        self._url = []
+        self._url_size = 0
         self._headers = {}
         self._body = []
         self._length = 0
 
     def on_url(self, url: bytes) -> None:
-        self._url += url
+        self._url.append(url)
+        self._url_size += len(url)
+        self._grow_head(len(url))
 
     def on_header(self, name: bytes, value: bytes) -> None:
         self._headers[name.lower()] = value
+        self._grow_head(len(name) + len(value) + 4)
+
+    def _grow_head(self, size: int) -> None:
+        # Counts what one read delivered at once (a whole head after a body, say).
+        self._head_size += size
+        if self._head_size > errors.MAX_REQUEST_HEAD:
+            raise _HeadTooLarge(self._oversize_status())
+
+    def _oversize_status(self) -> int:
+        """414 when it is the URL that does not fit (the head is nearly all URL), else 431."""
+        others = max(self._head_fed, self._head_size) - self._url_size
+        return 414 if not self._headers and others < 64 else 431
 
     def on_headers_complete(self) -> None:
+        self._in_head = False
         # curl asks before sending a body over 1 MB; without an answer it waits a second.
         if self._headers.get(b"expect", b"").lower() == b"100-continue":
             assert self.transport is not None
@@ -260,7 +298,7 @@ class RuntimeAPIProtocol(Protocol):
 
     def on_message_complete(self) -> None:
         parser = self._parser
-        path, _, _ = self._url.partition(b"?")
+        path, _, _ = b"".join(self._url).partition(b"?")
         self._requests.append(
             _Request(
                 method=parser.get_method(),
@@ -270,6 +308,10 @@ class RuntimeAPIProtocol(Protocol):
                 keep_alive=parser.should_keep_alive(),
             )
         )
+        self._in_head = True
+        self._head_fed = 0
+        self._head_size = 0
+        self._completed += 1
 
     # Protocol
 
@@ -282,12 +324,48 @@ class RuntimeAPIProtocol(Protocol):
         if self._closing:
             return
         try:
-            self._parser.feed_data(data)
+            self._feed(memoryview(data))
         except httptools.HttpParserUpgrade:
             self._fail(400, "protocol upgrades are not supported")
+        except httptools.HttpParserCallbackError as error:
+            if not isinstance(error.__context__, _HeadTooLarge):
+                raise
+            self._head_too_large(error.__context__.status)
         except httptools.HttpParserError as error:
             self._fail(400, f"malformed HTTP request: {error}")
+        except _HeadTooLarge as error:
+            self._head_too_large(error.status)
         self._serve()
+
+    def _feed(self, data: memoryview) -> None:
+        """
+        Feed C{data} to the parser, a head's worth at most while it reads a
+        head: past L{errors.MAX_REQUEST_HEAD} of one, stop feeding.
+        """
+        parser = self._parser
+        limit = errors.MAX_REQUEST_HEAD
+        while data:
+            if not self._in_head:
+                parser.feed_data(data)  # a body (and whatever follows it): at once
+                return
+            room = limit - self._head_fed
+            if room <= 0:
+                raise _HeadTooLarge(self._oversize_status())
+            chunk, data = data[: room + 1], data[room + 1 :]
+            completed = self._completed
+            parser.feed_data(chunk)
+            if self._in_head and self._completed == completed:
+                # Still in the same head: all of it was head.
+                self._head_fed += len(chunk)
+                if self._head_fed > limit:
+                    raise _HeadTooLarge(self._oversize_status())
+
+    def _head_too_large(self, status: int) -> None:
+        if status == 414:
+            message = f"URI must be shorter than {errors.MAX_REQUEST_HEAD} bytes"
+        else:
+            message = f"Request line and headers must be smaller than {errors.MAX_REQUEST_HEAD} bytes"
+        self._fail(status, message)
 
     def connectionLost(self, reason: Failure = Failure(ConnectionError())) -> None:
         self._closing = True
@@ -321,15 +399,12 @@ class RuntimeAPIProtocol(Protocol):
         self._waiting = None
         if not self._closing:
             # An event was due but could not be had: a container error.
-            self._write(
-                request,
-                _Response(
-                    500,
-                    json.dumps(
-                        {"errorMessage": str(failure.value), "errorType": "ContainerError"}
-                    ).encode(),
-                ),
-            )
+            error = failure.value
+            if not isinstance(error, errors.APIError):
+                error = errors.container_error(
+                    f"the execution environment could not answer: {failure.getErrorMessage()}"
+                )
+            self._write(request, _error_response(error))
             self._serve()
 
     def _write(self, request: _Request, response: _Response) -> None:
@@ -360,8 +435,10 @@ class RuntimeAPIProtocol(Protocol):
             assert self.transport is not None
             self.transport.loseConnection()
             return
-        body = json.dumps({"errorMessage": message, "errorType": "InvalidRequest"}).encode()
-        self._write(_Request(b"", b"", {}, None, keep_alive=False), _Response(status, body))
+        self._write(
+            _Request(b"", b"", {}, None, keep_alive=False),
+            _error_response(errors.malformed_runtime_request(message, status)),
+        )
 
 
 _date_cache: tuple[int, bytes] = (0, b"")

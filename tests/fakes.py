@@ -60,22 +60,32 @@ class FakeProcess:
         self.args = list(args)
         self.env = dict(env)
         self.pid = pid
-        self.pipes: dict[int, Any] = {}
         self.stdin_closed = False
+        #: The child fds whose pipes are still open: the runtime, or a child it left, holds them.
+        self.open_fds = {0, 1, 2}
         #: Every signal sent to the process or its tree, in order.
         self.signals: list[int | str] = []
+        #: processExited was called (the process itself is gone).
+        self.exited = False
+        #: processEnded was called too (the process is gone and its pipes are closed).
         self.ended = False
+        self._reason: Failure | None = None
 
     # IProcessTransport, as far as lambdarapid uses it
 
     def closeStdin(self) -> None:
         self.stdin_closed = True
+        self.closeChildFD(0)
+
+    def closeChildFD(self, descriptor: int) -> None:
+        self.open_fds.discard(descriptor)
+        self._maybe_end()
 
     def signalProcess(self, signalID: int | str) -> None:
         self.signals.append(signalID)
 
     def loseConnection(self) -> None:
-        self.stdin_closed = True
+        self.closeStdin()
 
     # What a test makes the process do
 
@@ -83,22 +93,39 @@ class FakeProcess:
         """The process writes C{data} to its stdout (or C{fd})."""
         self.protocol.childDataReceived(fd, data)
 
-    def exit(self, code: int = 0) -> None:
-        """The process exits with status C{code}."""
+    def exit(self, code: int = 0, holding_pipes: bool = False) -> None:
+        """
+        The process exits with status C{code}; with C{holding_pipes}, children
+        it left keep its output pipes open (until L{close_pipes} or C{closeChildFD}).
+        """
         if code == 0:
-            self._end(Failure(ProcessDone(0)))
+            self._exit(Failure(ProcessDone(0)), holding_pipes)
         else:
-            self._end(Failure(ProcessTerminated(exitCode=code)))
+            self._exit(Failure(ProcessTerminated(exitCode=code)), holding_pipes)
 
-    def die(self, signum: int = signal.SIGKILL) -> None:
+    def die(self, signum: int = signal.SIGKILL, holding_pipes: bool = False) -> None:
         """The process is killed by C{signum}."""
-        self._end(Failure(ProcessTerminated(exitCode=None, signal=signum)))
+        self._exit(Failure(ProcessTerminated(exitCode=None, signal=signum)), holding_pipes)
 
-    def _end(self, reason: Failure) -> None:
-        assert not self.ended, f"fake process {self.pid} ended twice"
-        self.ended = True
+    def close_pipes(self) -> None:
+        """The last holders of the process's pipes (children it left) let go of them."""
+        self.open_fds.clear()
+        self._maybe_end()
+
+    def _exit(self, reason: Failure, holding_pipes: bool) -> None:
+        assert not self.exited, f"fake process {self.pid} exited twice"
+        self.exited = True
+        self._reason = reason
         self.protocol.processExited(reason)
-        self.protocol.processEnded(reason)
+        if not holding_pipes:
+            self.close_pipes()
+
+    def _maybe_end(self) -> None:
+        # As Twisted does: processEnded once the process is reaped and every pipe is closed.
+        if self.exited and not self.open_fds and not self.ended:
+            self.ended = True
+            assert self._reason is not None
+            self.protocol.processEnded(self._reason)
 
 
 class FakeProcessReactor(MemoryReactorClock):
@@ -109,6 +136,8 @@ class FakeProcessReactor(MemoryReactorClock):
         self.processes: list[FakeProcess] = []
         #: Peak RSS, in kB, that L{peak_rss_kb} reports for a pid.
         self.memory_kb: dict[int, int] = {}
+        #: What L{signal_marked} was asked: (marker, signal), in order.
+        self.marked_signals: list[tuple[bytes, int]] = []
         self._next_pid = FIRST_FAKE_PID
 
     def spawnProcess(
@@ -138,13 +167,16 @@ class FakeProcessReactor(MemoryReactorClock):
 
     @property
     def alive(self) -> list[FakeProcess]:
-        """The fake processes that have not ended."""
-        return [each for each in self.processes if not each.ended]
+        """The fake processes that have not exited."""
+        return [each for each in self.processes if not each.exited]
 
     # Stand-ins for lambdarapid.proctree, installed by fake_process_reactor()
 
     def signal_tree(self, pid: int, signum: int = signal.SIGKILL) -> None:
         self.process(pid).signals.append(signum)
+
+    def signal_marked(self, marker: bytes, signum: int = signal.SIGKILL) -> None:
+        self.marked_signals.append((marker, signum))
 
     def peak_rss_kb(self, pid: int) -> int:
         return self.memory_kb.get(pid, 0)
@@ -158,6 +190,7 @@ def fake_process_reactor(case: SynchronousTestCase) -> FakeProcessReactor:
     reactor = FakeProcessReactor()
     case.patch(proctree, "signal_tree", reactor.signal_tree)
     case.patch(proctree, "peak_rss_kb", reactor.peak_rss_kb)
+    case.patch(proctree, "signal_marked", reactor.signal_marked)
     return reactor
 
 

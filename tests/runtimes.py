@@ -22,6 +22,8 @@ T = TypeVar("T")
 
 FUNCTIONS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "functions")
 BASH_FUNCTION = os.path.join(FUNCTIONS, "bash")
+#: A custom runtime that starts a background process and exits on its own.
+LEFTOVER_FUNCTION = os.path.join(FUNCTIONS, "leftover")
 BIN = os.path.dirname(sys.executable)
 
 

@@ -7,10 +7,11 @@ from __future__ import annotations
 
 import json
 import signal
-from typing import Any
+from typing import Any, cast
 
 from twisted.internet.defer import CancelledError, Deferred
 from twisted.internet.error import CannotListenError
+from twisted.logger import ILogObserver, LogEvent, LogLevel, formatEvent, globalLogPublisher
 from twisted.trial.unittest import SynchronousTestCase
 
 from lambdarapid import environment as environment_module
@@ -62,12 +63,13 @@ class PoolTestCase(SynchronousTestCase):
         """The runtime's GET /next, left waiting (and cancelled, harmlessly, if the runtime exits)."""
         waiting = environment.next_invocation()
         self.assertNoResult(waiting)
-        return waiting.addErrback(lambda failure: failure.trap(CancelledError))
+        return waiting.addErrback(lambda failure: failure.trap(CancelledError, APIError))
 
     def run_one(self, environment: ExecutionEnvironment, body: bytes = b'"ok"') -> Invocation:
         """Take the next event and answer it with success."""
         invocation = self.next_event(environment)
         environment.answer(invocation.request_id, Outcome.SUCCESS, body)
+        self.reactor.advance(0)  # with reports, taken once the runtime's output is read
         return invocation
 
     def idle_environment(self) -> ExecutionEnvironment:
@@ -853,6 +855,25 @@ class ReportTests(PoolTestCase):
     def lines(self) -> list[bytes]:
         return b"".join(self.output).splitlines()
 
+    def answer(self, environment: ExecutionEnvironment, request_id: str, body: bytes) -> None:
+        """Answer with success; the answer is taken once the runtime's output is read (a turn)."""
+        environment.answer(request_id, Outcome.SUCCESS, body)
+        self.reactor.advance(0)
+
+    def test_answer_is_taken_after_the_output(self) -> None:
+        """With reports, an answer is taken a reactor turn later, with output read in between in it."""
+        self.make_pool(print_reports=True)
+        environment = self.idle_environment()
+        invocation, result = self.invoke()
+        taken = environment.answer(invocation.request_id, Outcome.SUCCESS, b"x")
+        self.assertNoResult(result)
+        self.process(environment).write_output(b"read after the answer\n")
+        self.reactor.advance(0)
+        assert taken is not None
+        self.successResultOf(taken)
+        self.assertEqual(self.successResultOf(result).body, b"x")
+        self.assertEqual(self.lines()[-3], b"read after the answer")
+
     def test_reports_around_an_invocation(self) -> None:
         """START before the run, END and REPORT after, same request id, Init Duration on the first only."""
         self.make_pool(print_reports=True)
@@ -865,7 +886,7 @@ class ReportTests(PoolTestCase):
         self.assertEqual(self.lines(), [f"START RequestId: {rid} Version: $LATEST".encode()])
         self.process(environment).write_output(b"hello\n")
         self.reactor.advance(0.5)
-        environment.answer(rid, Outcome.SUCCESS, b"x")
+        self.answer(environment, rid, b"x")
         self.assertEqual(
             self.lines(),
             [
@@ -887,7 +908,7 @@ class ReportTests(PoolTestCase):
         del self.output[:]
         invocation, result = self.invoke()
         self.reactor.advance(0.01)
-        environment.answer(invocation.request_id, Outcome.SUCCESS, b"x")
+        self.answer(environment, invocation.request_id, b"x")
         lines = self.lines()
         self.assertEqual(lines[1], f"END RequestId: {invocation.request_id}".encode())
         self.assertTrue(
@@ -917,6 +938,7 @@ class ReportTests(PoolTestCase):
         environment = self.environment()
         environment.init_failed("E", b"{}")
         self.process(environment).exit(1)
+        self.reactor.advance(0)  # the exit is taken once the runtime's last output is read
         rid = invocation.request_id
         lines = self.lines()
         self.assertEqual(lines[0], f"START RequestId: {rid} Version: $LATEST".encode())
@@ -930,7 +952,7 @@ class ReportTests(PoolTestCase):
         environment = self.environment()
         self.next_event(environment)
         self.process(environment).write_output(b"log line\n")
-        environment.answer(invocation.request_id, Outcome.SUCCESS, b"x")
+        self.answer(environment, invocation.request_id, b"x")
         self.assertEqual(self.lines(), [b"log line"])
 
     def test_partial_output_line_is_held_until_complete(self) -> None:
@@ -959,7 +981,7 @@ class ReportTests(PoolTestCase):
         invocation, result = self.invoke(tail_log=True)
         self.process(environment).write_output(b"tail me\n")
         self.reactor.advance(0.002)
-        environment.answer(invocation.request_id, Outcome.SUCCESS, b"x")
+        self.answer(environment, invocation.request_id, b"x")
         rid = invocation.request_id
         tail = self.successResultOf(result).log_tail.splitlines()
         self.assertEqual(tail[0], f"START RequestId: {rid} Version: $LATEST".encode())
@@ -977,9 +999,143 @@ class ReportTests(PoolTestCase):
         invocation, result = self.invoke(tail_log=True)
         for index in range(200):
             self.process(environment).write_output(b"%04d " % index + b"x" * 95 + b"\n")
-        environment.answer(invocation.request_id, Outcome.SUCCESS, b"x")
+        self.answer(environment, invocation.request_id, b"x")
         tail = self.successResultOf(result).log_tail
         self.assertEqual(len(tail), 4096)
         self.assertIn(b"0199 xxx", tail)
         self.assertNotIn(b"0150 xxx", tail)
         self.assertTrue(tail.endswith(b" MB\n"))
+
+
+class EndedTests(PoolTestCase):
+    """An environment has ended once its process has ended and its port is closed."""
+
+    def test_slot_is_reused_once_the_port_is_closed(self) -> None:
+        """A runtime whose leftover children hold its pipes still frees its slot at its exit."""
+        self.make_pool(max_concurrency=1)
+        _, first = self.invoke(b"1")
+        _, second = self.invoke(b"2")
+        environment = self.environment()
+        self.next_event(environment)
+        self.process(environment).exit(1, holding_pipes=True)
+        self.assertEqual(self.successResultOf(first).outcome, Outcome.RUNTIME_EXIT)
+        replacement = self.environment()
+        self.assertIsNot(replacement, environment)
+        self.assertEqual(self.next_event(replacement).payload, b"2")
+        self.assertNoResult(second)
+
+    def test_environment_ends_when_its_process_ends(self) -> None:
+        """ended() does not fire at the runtime's exit while its pipes are open, only once they close."""
+        self.make_pool()
+        environment = self.idle_environment()
+        ended = environment.ended()
+        process = self.process(environment)
+        process.exit(0, holding_pipes=True)
+        self.assertNoResult(ended)
+        process.close_pipes()
+        self.successResultOf(ended)
+
+    def test_stop_waits_for_every_process_to_end(self) -> None:
+        """stop() fires only once the stopped runtime's pipes are closed too, with no timer left."""
+        self.make_pool()
+        environment = self.idle_environment()
+        stopped = self.pool.stop()
+        process = self.process(environment)
+        process.die(signal.SIGTERM, holding_pipes=True)
+        self.assertNoResult(stopped)
+        process.close_pipes()
+        self.successResultOf(stopped)
+        self.assertEqual(self.reactor.getDelayedCalls(), [])
+
+    def test_leftover_pipes_are_closed_after_a_grace(self) -> None:
+        """Pipes a runtime's leftovers still hold are closed ORPHAN_OUTPUT_GRACE after its exit, which ends it."""
+        self.make_pool()
+        environment = self.idle_environment()
+        stopped = self.pool.stop()
+        process = self.process(environment)
+        process.die(signal.SIGTERM, holding_pipes=True)
+        self.reactor.advance(environment_module.ORPHAN_OUTPUT_GRACE - 0.01)
+        self.assertNoResult(stopped)
+        self.reactor.advance(0.01)
+        self.assertEqual(process.open_fds, set())
+        self.successResultOf(stopped)
+
+
+class LeftoverTests(PoolTestCase):
+    """What a runtime started is killed with its environment, even once the runtime is gone."""
+
+    def marker(self, environment: ExecutionEnvironment) -> bytes:
+        stream = self.process(environment).env["AWS_LAMBDA_LOG_STREAM_NAME"]
+        return b"AWS_LAMBDA_LOG_STREAM_NAME=" + stream.encode()
+
+    def test_leftovers_are_killed_when_the_runtime_exits_on_its_own(self) -> None:
+        """A runtime exiting by itself gets every process carrying its environment's marker SIGKILLed."""
+        self.make_pool()
+        environment = self.idle_environment()
+        self.assertEqual(self.reactor.marked_signals, [])
+        self.process(environment).exit(0)
+        self.assertIn((self.marker(environment), signal.SIGKILL), self.reactor.marked_signals)
+
+    def test_environments_have_distinct_markers(self) -> None:
+        """Each environment's runtime gets a marker of its own, so one's leftovers are not another's."""
+        self.make_pool(max_concurrency=2)
+        self.invoke()
+        self.invoke()
+        first, second = self.environment(0), self.environment(1)
+        self.assertNotEqual(self.marker(first), self.marker(second))
+
+
+class LateAnswerTests(PoolTestCase):
+    """Answers that come after the runtime is gone."""
+
+    def test_answer_after_exit_is_invalid_request_id(self) -> None:
+        """An answer posted after the runtime exited (by a child it left) is 400 InvalidRequestID."""
+        self.make_pool()
+        invocation, result = self.invoke()
+        environment = self.environment()
+        self.next_event(environment)
+        self.process(environment).exit(1)
+        self.assertEqual(self.successResultOf(result).outcome, Outcome.RUNTIME_EXIT)
+        error = self.assertRaises(
+            APIError, environment.answer, invocation.request_id, Outcome.SUCCESS, b"late"
+        )
+        self.assertEqual((error.status, error.error_type), (400, "InvalidRequestID"))
+
+
+class LogTests(PoolTestCase):
+    """What the daemon tells its users at INFO about their runtimes."""
+
+    def setUp(self) -> None:
+        super().setUp()
+        self.events: list[LogEvent] = []
+        observer = cast(ILogObserver, self.events.append)
+        globalLogPublisher.addObserver(observer)
+        self.addCleanup(globalLogPublisher.removeObserver, observer)
+
+    def info(self) -> list[str]:
+        return [
+            formatEvent(event)
+            for event in self.events
+            if event.get("log_level") is LogLevel.info
+            and event.get("log_namespace", "").startswith("lambdarapid")
+        ]
+
+    def test_start_and_exit_are_logged(self) -> None:
+        """The runtime's start (index, pid, command) and its exit (pid, status) are logged at INFO."""
+        self.make_pool()
+        self.invoke()
+        environment = self.environment()
+        pid = environment.pid
+        self.assertEqual(self.info(), [f"runtime #0 started (pid {pid}): /bin/true"])
+        self.next_event(environment)
+        self.process(environment).exit(1)
+        self.assertEqual(self.info()[-1], f"runtime #0 (pid {pid}) exited: exit status 1")
+
+    def test_stopped_runtime_exit_is_logged(self) -> None:
+        """A runtime the daemon stopped has its exit logged too, with the signal that ended it."""
+        self.make_pool()
+        environment = self.idle_environment()
+        pid = environment.pid
+        self.pool.stop()
+        self.process(environment).die(signal.SIGTERM)
+        self.assertEqual(self.info()[-1], f"runtime #0 (pid {pid}) exited: signal: terminated")

@@ -9,6 +9,7 @@ import base64
 import json
 from typing import Any
 
+import httptools
 from twisted.internet.address import IPv4Address
 from twisted.internet.defer import Deferred
 from twisted.trial.unittest import SynchronousTestCase
@@ -18,7 +19,7 @@ from twisted.internet.testing import StringTransport
 from twisted.python.failure import Failure
 
 from lambdarapid.environment import ExecutionEnvironment, State
-from lambdarapid.errors import MAX_RUNTIME_RESPONSE
+from lambdarapid.errors import MAX_REQUEST_HEAD, MAX_RUNTIME_RESPONSE
 from lambdarapid.invocation import Invocation, Outcome, Result
 from lambdarapid.pool import Pool
 
@@ -538,3 +539,181 @@ class LargeBodyTests(RawConnectionTestCase):
         protocol.dataReceived(b"\x00garbage\r\n\r\n")
         self.assertEqual(transport.value(), b"")
         self.assertTrue(transport.disconnecting)
+
+
+class _CountingParser:
+    """An httptools parser that counts the bytes it is fed."""
+
+    fed = 0
+
+    def __init__(self, protocol: Any) -> None:
+        self._parser = _REAL_PARSER(protocol)
+
+    def feed_data(self, data: Any) -> None:
+        _CountingParser.fed += len(data)
+        self._parser.feed_data(data)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._parser, name)
+
+
+_REAL_PARSER = httptools.HttpRequestParser
+
+
+class HeadLimitTests(RawConnectionTestCase):
+    """The request line and headers are capped at MAX_REQUEST_HEAD, in linear time."""
+
+    def test_header_over_the_limit_is_431_and_closes(self) -> None:
+        """A header that takes the head past 16 KB gets 431 with a JSON error, then the connection is closed."""
+        self.invoke()
+        protocol, transport = self.connect()
+        protocol.dataReceived(
+            b"GET " + NEXT.encode() + b" HTTP/1.1\r\nHost: x\r\nX-Big: "
+            + b"a" * MAX_REQUEST_HEAD
+            + b"\r\n\r\n"
+        )
+        [(status, body)] = self.responses(transport)
+        self.assertEqual(status, 431)
+        self.assertEqual(json.loads(body)["errorType"], "RequestHeaderFieldsTooLarge")
+        self.assertTrue(transport.disconnecting)
+        self.assertFalse(self.environment.waiting)
+
+    def test_url_over_the_limit_is_414_and_closes(self) -> None:
+        """A URL longer than the limit gets 414 with a JSON error, then the connection is closed."""
+        self.invoke()
+        protocol, transport = self.connect()
+        protocol.dataReceived(b"GET /" + b"u" * MAX_REQUEST_HEAD + b" HTTP/1.1\r\nHost: x\r\n\r\n")
+        [(status, body)] = self.responses(transport)
+        self.assertEqual(status, 414)
+        self.assertEqual(json.loads(body)["errorType"], "RequestURITooLong")
+        self.assertTrue(transport.disconnecting)
+
+    def test_url_sent_in_pieces_is_capped(self) -> None:
+        """A URL arriving a byte at a time is refused with 414 once it passes the limit."""
+        self.invoke()
+        protocol, transport = self.connect()
+        protocol.dataReceived(b"GET /")
+        for _ in range(MAX_REQUEST_HEAD + 10):
+            protocol.dataReceived(b"u")
+        [(status, _)] = self.responses(transport)
+        self.assertEqual(status, 414)
+
+    def test_head_just_under_the_limit_is_served(self) -> None:
+        """A request whose line and headers are just under 16 KB is served as usual."""
+        invocation, _ = self.invoke(payload=b'"event"')
+        protocol, transport = self.connect()
+        start = b"GET " + NEXT.encode() + b" HTTP/1.1\r\nHost: x\r\nX-Big: "
+        end = b"\r\n\r\n"
+        protocol.dataReceived(start + b"a" * (MAX_REQUEST_HEAD - len(start) - len(end) - 1) + end)
+        self.assertEqual(self.responses(transport), [(200, b'"event"')])
+
+    def test_huge_header_is_not_fed_to_the_parser(self) -> None:
+        """Of a 4 MB header sent in 64 KB reads, the parser is fed no more than the limit and one read."""
+        self.patch(httptools, "HttpRequestParser", _CountingParser)
+        _CountingParser.fed = 0
+        self.invoke()
+        protocol, transport = self.connect()
+        protocol.dataReceived(b"GET " + NEXT.encode() + b" HTTP/1.1\r\nX-Big: ")
+        chunk = b"a" * 65536
+        for _ in range(64):
+            protocol.dataReceived(chunk)
+        self.assertEqual(self.responses(transport)[0][0], 431)
+        self.assertLessEqual(_CountingParser.fed, MAX_REQUEST_HEAD + 1)
+
+    def test_large_body_then_pipelined_request(self) -> None:
+        """A body over the head limit followed by a pipelined request in the same read is served whole."""
+        invocation, result = self.invoke()
+        protocol, transport = self.connect()
+        protocol.dataReceived(b"GET " + NEXT.encode() + b" HTTP/1.1\r\nHost: x\r\n\r\n")
+        body = b'"' + b"b" * (3 * MAX_REQUEST_HEAD) + b'"'
+        protocol.dataReceived(
+            b"POST " + response_path(invocation.request_id).encode() + b" HTTP/1.1\r\nHost: x\r\n"
+            b"Content-Length: %d\r\n\r\n" % len(body) + body
+            + b"GET /nope HTTP/1.1\r\nHost: x\r\n\r\n"
+        )
+        self.assertEqual(self.successResultOf(result).body, body)
+        self.assertEqual([status for status, _ in self.responses(transport)], [200, 202, 404])
+
+
+class MethodTests(RawConnectionTestCase):
+    """405s say which method the route takes."""
+
+    def test_405_carries_allow(self) -> None:
+        """POST on next is 405 with Allow: GET; GET on a response path is 405 with Allow: POST."""
+        invocation, _ = self.invoke()
+        protocol, transport = self.connect()
+        protocol.dataReceived(
+            b"POST " + NEXT.encode() + b" HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n"
+        )
+        self.assertEqual(self.responses(transport)[0][0], 405)
+        self.assertIn(b"\r\nAllow: GET\r\n", transport.value())
+        transport.clear()
+        protocol.dataReceived(
+            b"GET " + response_path(invocation.request_id).encode() + b" HTTP/1.1\r\nHost: x\r\n\r\n"
+        )
+        [(status, body)] = self.responses(transport)
+        self.assertEqual(status, 405)
+        self.assertEqual(json.loads(body)["errorType"], "MethodNotAllowed")
+        self.assertIn(b"\r\nAllow: POST\r\n", transport.value())
+
+
+class EnvironmentGoneTests(RawConnectionTestCase):
+    """Requests on connections that outlive their runtime (a child it left holds them)."""
+
+    def test_waiting_next_is_500_with_a_message_when_the_runtime_exits(self) -> None:
+        """A GET next waiting when its runtime exits is answered 500 ContainerError saying why."""
+        first, _ = self.invoke()
+        self.next_event()
+        self.assert_accepted(self.call("POST", response_path(first.request_id), b"1"))
+        protocol, transport = self.connect()
+        protocol.dataReceived(b"GET " + NEXT.encode() + b" HTTP/1.1\r\nHost: x\r\n\r\n")
+        self.reactor.process(self.environment.pid).exit(1)
+        [(status, body)] = self.responses(transport)
+        self.assertEqual(status, 500)
+        document = json.loads(body)
+        self.assertEqual(document["errorType"], "ContainerError")
+        self.assertIn("exit status 1", document["errorMessage"])
+
+    def test_late_response_after_exit_is_400(self) -> None:
+        """A /response posted after the runtime exited is 400 InvalidRequestID, and breaks nothing."""
+        invocation, result = self.invoke()
+        protocol, transport = self.connect()
+        protocol.dataReceived(b"GET " + NEXT.encode() + b" HTTP/1.1\r\nHost: x\r\n\r\n")
+        self.reactor.process(self.environment.pid).exit(1)
+        self.assertEqual(self.successResultOf(result).outcome, Outcome.RUNTIME_EXIT)
+        protocol.dataReceived(
+            b"POST " + response_path(invocation.request_id).encode()
+            + b" HTTP/1.1\r\nHost: x\r\nContent-Length: 4\r\n\r\nlate"
+        )
+        status, body = self.responses(transport)[-1]
+        self.assertEqual(status, 400)
+        self.assertEqual(json.loads(body)["errorType"], "InvalidRequestID")
+        self.assertEqual(self.flushLoggedErrors(), [])
+
+
+class OutputOrderTests(RuntimeAPITestCase):
+    """A runtime's log lines stay in the invocation they were written in."""
+
+    def test_output_read_after_the_answer_is_in_its_tail(self) -> None:
+        """Output written before the answer but read just after its socket is still in the tail."""
+        invocation, result = self.invoke(tail_log=True)
+        self.next_event()
+        process = self.reactor.process(self.environment.pid)
+        posted = self.http.request("POST", response_path(invocation.request_id), b'"ok"')
+        # The reactor read the answer's socket before the pipe the log line was written to.
+        process.write_output(b"written before the answer\n")
+        self.reactor.advance(0)
+        self.http.flush()
+        self.assert_accepted(self.successResultOf(posted))
+        tail = self.successResultOf(result).log_tail
+        self.assertIn(b"written before the answer\n", tail)
+
+    def test_answer_waits_no_longer_than_the_output(self) -> None:
+        """Without output pending, the answer is given within the same reactor time."""
+        invocation, result = self.invoke(tail_log=True)
+        self.next_event()
+        posted = self.http.request("POST", response_path(invocation.request_id), b'"ok"')
+        self.reactor.advance(0)
+        self.http.flush()
+        self.assert_accepted(self.successResultOf(posted))
+        self.assertEqual(self.successResultOf(result).body, b'"ok"')

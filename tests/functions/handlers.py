@@ -46,8 +46,8 @@ def exit_leaving_a_child(event, context):
     """Start a child that keeps our stdout and stderr open, then exit with status 3."""
     import subprocess
 
-    subprocess.Popen(["sleep", str(event.get("child_seconds", 30))])
-    sys.stdout.flush()
+    child = subprocess.Popen(["sleep", str(event.get("child_seconds", 30))])
+    print(f"child pid {child.pid}", flush=True)
     os._exit(3)
 
 
