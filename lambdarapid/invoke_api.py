@@ -15,31 +15,33 @@ from typing import Any, Callable
 
 from klein import Klein
 from werkzeug.exceptions import MethodNotAllowed, NotFound
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import CancelledError, Deferred
+from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web.iweb import IRequest
-from twisted.web.server import Request
+from twisted.web.resource import Resource
+from twisted.web.server import NOT_DONE_YET, Request
 
 from . import errors
-from .config import ACCOUNT_ID, Function
+from .config import Function, function_arn
 from .invocation import (
     FunctionNotFound,
     IInvoker,
     Invocation,
-    InvokeError,
     InvocationType,
     Result,
     ServiceUnavailable,
     TooManyRequests,
+    check_payload,
     decode_client_context,
     new_trace_id,
+    payload_limit,
 )
-from .web import FastRoutes, read_body
+from .logs import observer
+from .web import read_body
 
 _JSON = b"application/json"
 _INVOCATION_TYPES = {kind.value: kind for kind in InvocationType}
-#: The name the AWS RIE answers to, whatever the function is called.
-RIE_FUNCTION_NAME = "function"
 
 
 #: AWS's function name and qualifier patterns (a name alone is at most 64 characters).
@@ -84,6 +86,10 @@ def as_api_error(error: BaseException) -> errors.APIError | None:
         return errors.too_many_requests()
     if isinstance(error, ServiceUnavailable):
         return errors.service_unavailable(str(error))
+    if isinstance(error, NotFound):
+        return errors.unknown_operation(404)
+    if isinstance(error, MethodNotAllowed):
+        return errors.invoke_method_not_allowed(sorted(error.valid_methods or ()))
     return None
 
 
@@ -98,10 +104,12 @@ class InvokeAPI:
 
     With a C{function} (the daemon) only that function, under its own name or
     the RIE's C{function}, is served; without one (the server) every name is
-    passed on and the invoker decides whether it exists.
+    passed on and the invoker decides whether it exists. The invoke route is
+    matched by L{InvokeAPIResource}; C{app} holds every other route.
     """
 
     app = Klein()
+    log = Logger(observer=observer)
 
     def __init__(
         self,
@@ -119,22 +127,14 @@ class InvokeAPI:
         self._openfaas = openfaas and function is not None
         self._ready = ready
 
-    def _arn(self, name: str, qualifier: str | None) -> str:
-        arn = f"arn:aws:lambda:{self._region}:{ACCOUNT_ID}:function:{name}"
-        return f"{arn}:{qualifier}" if qualifier else arn
-
     def _resolve(self, raw_name: str, qualifier: str | None) -> tuple[str, str, str | None]:
         """The routed name, invoked ARN and qualifier; 404 for another function."""
         name, qualifier = split_function_name(raw_name, qualifier)
         function = self._function
         if function is None:
-            return name, self._arn(name, qualifier), qualifier
-        if name not in (function.name, RIE_FUNCTION_NAME) or qualifier not in (
-            None,
-            "$LATEST",
-            function.version,
-        ):
-            raise errors.function_not_found(self._arn(name, qualifier))
+            return name, function_arn(self._region, name, qualifier), qualifier
+        if not function.serves(name, qualifier):
+            raise errors.function_not_found(function_arn(self._region, name, qualifier))
         return function.name, function.arn(qualifier), qualifier
 
     def _invocation(self, request: Request, raw_name: str) -> Invocation:
@@ -150,13 +150,13 @@ class InvokeAPI:
         if log_type not in ("None", "Tail"):
             raise errors.invalid_request_content(f"Invalid log type: {log_type}")
         raw_context = request.getHeader(b"x-amz-client-context")
-        limit = errors.MAX_ASYNC_PAYLOAD if kind is InvocationType.EVENT else errors.MAX_SYNC_PAYLOAD
+        limit = payload_limit(kind)
         payload = read_body(request, limit)
         if payload is None:
             raise errors.request_too_large(limit)
         now: float = self._reactor.seconds()
         return Invocation(
-            payload=payload or b"{}",
+            payload=check_payload(payload, kind),
             function_arn=arn,
             function_name=name,
             qualifier=qualifier,
@@ -168,8 +168,11 @@ class InvokeAPI:
             arrived=now,
         )
 
-    @app.route("/2015-03-31/functions/<path:function_name>/invocations", methods=["POST"])
     def invoke(self, request: Request, function_name: str) -> Deferred[bytes]:
+        """
+        C{POST /2015-03-31/functions/{function_name}/invocations}: the invoke
+        route's handler, reached through L{InvokeAPIResource}.
+        """
         invocation = self._invocation(request, function_name)
         request.responseHeaders.setRawHeaders(
             b"x-amzn-requestid", [invocation.request_id.encode()]
@@ -192,11 +195,12 @@ class InvokeAPI:
         if self._ready():
             return b"OK"
         request.setResponseCode(503)
+        _close_after(request)
         return b"Service Unavailable"
 
     @app.route("/")
     def openfaas_invoke(self, request: Request) -> Deferred[bytes]:
-        """The watchdog's function route: the body is the event, the result the body."""
+        """The watchdog's function route: the body is the event (any bytes, as the watchdog passes them), the result the body."""
         self._require_openfaas()
         function = self._function
         assert function is not None
@@ -237,30 +241,32 @@ class InvokeAPI:
         headers = request.responseHeaders
         headers.setRawHeaders(b"content-type", [_JSON])
         headers.setRawHeaders(b"x-amz-executed-version", [result.executed_version.encode()])
-        if result.outcome.is_error:
-            headers.setRawHeaders(b"x-amz-function-error", [b"Unhandled"])
+        function_error = result.function_error
+        if function_error is not None:
+            headers.setRawHeaders(b"x-amz-function-error", [function_error.encode()])
         if result.log_tail:
             headers.setRawHeaders(b"x-amz-log-result", [base64.b64encode(result.log_tail)])
         headers.setRawHeaders(b"content-length", [b"%d" % len(result.body)])
         return result.body
 
-    @app.handle_errors(NotFound)
-    def unknown_route(self, request: IRequest, failure: Failure) -> bytes:
-        return self._error(request, errors.unknown_operation(404))
+    @app.handle_errors(Exception)
+    def _app_error(self, request: IRequest, failure: Failure) -> bytes | None:
+        """Klein's routing and route errors, answered by the one error path."""
+        return self.error_answer(request, failure)
 
-    @app.handle_errors(MethodNotAllowed)
-    def wrong_method(self, request: IRequest, failure: Failure) -> bytes:
-        return self._error(request, errors.unknown_operation(405))
-
-    @app.handle_errors(errors.APIError, InvokeError)
-    def api_error(self, request: IRequest, failure: Failure) -> bytes:
+    def error_answer(self, request: Any, failure: Failure) -> bytes | None:
+        """
+        The one place an exception becomes an Invoke API answer: its status,
+        headers and the body to write; None when the caller went away. An
+        unexpected exception is logged and answered C{500 ServiceException}.
+        """
+        if failure.check(CancelledError):
+            return None
         assert failure.value is not None
         error = as_api_error(failure.value)
-        assert error is not None
-        return self._error(request, error)
-
-    @staticmethod
-    def _error(request: Any, error: errors.APIError) -> bytes:
+        if error is None:
+            self.log.failure("unexpected error answering {uri}", failure, uri=request.uri)
+            error = errors.internal_error()
         request.setResponseCode(error.status)
         headers = request.responseHeaders
         headers.setRawHeaders(b"content-type", [_JSON])
@@ -268,35 +274,71 @@ class InvokeAPI:
         for name, value in error.headers.items():
             headers.setRawHeaders(name.encode(), [value.encode()])
         headers.setRawHeaders(b"content-length", [b"%d" % len(error.body)])
+        if error.status == 503:
+            _close_after(request)
         return error.body
+
+
+def _close_after(request: Any) -> None:
+    """
+    End the connection once C{request} is answered: a 503 means this server
+    is going (draining) or cannot serve, and a client reusing the connection
+    would send its next request to a server about to exit. twisted.web closes
+    a channel that is not persistent after its answer; the header alone does not.
+    """
+    request.responseHeaders.setRawHeaders(b"connection", [b"close"])
+    channel = getattr(request, "channel", None)
+    if channel is not None:
+        channel.persistent = False
 
 
 _FUNCTIONS = b"/2015-03-31/functions/"
 _INVOCATIONS = b"/invocations"
+_INVOKE_METHODS = [b"POST"]
 
 
-class InvokeAPIResource(FastRoutes):
-    """L{InvokeAPI} with the invoke route, the one on every invocation's path, served directly."""
+class InvokeAPIResource(Resource):
+    """
+    The Invoke API as served: the invoke route, on every invocation's path, is
+    matched here, since Klein's routing costs ~60 us a request; every other
+    request goes to C{InvokeAPI.app}. Errors of both reach L{InvokeAPI.error_answer}.
+    """
+
+    isLeaf = True
 
     def __init__(self, api: InvokeAPI) -> None:
-        super().__init__(api.app.resource())
+        super().__init__()
         self._api = api
+        self._app = api.app.resource()
 
-    def fast_route(self, request: Request) -> Callable[[Request], Any] | None:
+    def render(self, request: Request) -> Any:
         path = request.path
-        if (
-            request.method == b"POST"
-            and path.startswith(_FUNCTIONS)
+        if not (
+            path.startswith(_FUNCTIONS)
             and path.endswith(_INVOCATIONS)
             and len(path) > len(_FUNCTIONS) + len(_INVOCATIONS)
         ):
-            return self._invoke
-        return None
+            return self._app.render(request)
+        try:
+            if request.method not in _INVOKE_METHODS:
+                raise errors.invoke_method_not_allowed(["POST"])
+            name = unquote(path[len(_FUNCTIONS) : -len(_INVOCATIONS)].decode("utf-8", "replace"))
+            answer = self._api.invoke(request, name)
+        except Exception:
+            return self._api.error_answer(request, Failure()) or b""
+        gone: list[bool] = []
 
-    def _invoke(self, request: Request) -> Deferred[bytes]:
-        name = unquote(request.path[len(_FUNCTIONS) : -len(_INVOCATIONS)].decode("utf-8", "replace"))
-        return self._api.invoke(request, name)
+        def hung_up(_: Failure) -> None:
+            gone.append(True)
+            answer.cancel()  # the invoker ignores it: the invocation runs on
 
-    def error_body(self, request: Request, error: BaseException) -> bytes | None:
-        api_error = as_api_error(error)
-        return None if api_error is None else InvokeAPI._error(request, api_error)
+        request.notifyFinish().addErrback(hung_up)
+        answer.addErrback(lambda failure: self._api.error_answer(request, failure))
+        answer.addCallback(self._write, request, gone)
+        return NOT_DONE_YET
+
+    @staticmethod
+    def _write(body: bytes | None, request: Request, gone: list[bool]) -> None:
+        if body is not None and not gone:
+            request.write(body)
+            request.finish()

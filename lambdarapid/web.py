@@ -12,22 +12,23 @@ from __future__ import annotations
 
 import io
 import weakref
-from typing import Any, Callable, ClassVar
+from typing import Any, ClassVar
 
 from twisted.application.service import Service
 from twisted.internet.endpoints import serverFromString
 from twisted.internet.error import CannotListenError
 from twisted.internet.interfaces import ITCPTransport
-from twisted.internet.defer import CancelledError, Deferred, succeed
+from twisted.internet.defer import Deferred, succeed
 from twisted.internet.protocol import Factory
 from twisted.internet.task import deferLater
 from twisted.internet.interfaces import IListeningPort
 from twisted.logger import Logger
 from twisted.python.failure import Failure
-from twisted.web.http import HTTPChannel
-from twisted.web.resource import IResource, Resource
-from twisted.web.server import NOT_DONE_YET, Request, Site
+from twisted.web.http import RESPONSES, HTTPChannel
+from twisted.web.resource import IResource
+from twisted.web.server import Request, Site
 
+from . import errors
 from .logs import observer
 
 log = Logger(observer=observer)
@@ -35,6 +36,9 @@ log = Logger(observer=observer)
 
 #: Seconds an Invoke API connection may sit idle or half-sent before it is closed.
 IDLE_CONNECTION_TIMEOUT = 60
+#: Seconds the rest of a refused request is read (and dropped) before the
+#: connection is closed, so that its client reads the answer, not a reset.
+REFUSED_LINGER = 5
 
 
 class BoundedRequest(Request):
@@ -105,11 +109,25 @@ def bounded_request(limit: int) -> type[BoundedRequest]:
 
 class QuietChannel(HTTPChannel):
     """
-    An HTTP/1.1 channel that asks the kernel for its local address once per
+    An HTTP/1.1 channel that answers every request it cannot frame.
+
+    twisted.web answers some framing errors with a bare C{400}, closes others
+    without a word (a line over 16 KB) and waits on the rest until the idle
+    timeout (LF-only line endings, a body or chunk length no client will ever
+    send). Here each gets an AWS-shaped JSON error at once (400, 413, 414 or
+    431) with C{Connection: close}; the rest of the request is then read and
+    dropped for a few seconds, so the client is not reset before it has read
+    the answer. It also asks the kernel for its local address once per
     connection rather than once per request (twisted.web's Request does).
     """
 
     _host: Any = None
+    #: The error answered on this connection: nothing more is read as HTTP.
+    refused: errors.APIError | None = None
+    #: Lines and bytes of the request head being read (the request line counts).
+    _head_lines = 0
+    _head_size = 0
+    _receiving = 0
 
     def connectionMade(self) -> None:
         super().connectionMade()
@@ -121,6 +139,129 @@ class QuietChannel(HTTPChannel):
         if self._host is None:
             self._host = super().getHost()
         return self._host
+
+    @property
+    def _max_body(self) -> int | None:
+        return getattr(self.requestFactory, "max_body", None)
+
+    def dataReceived(self, data: bytes) -> None:
+        if self.refused is not None:
+            return  # the rest of a refused request: dropped
+        # Answering a request can feed pipelined data back in from within.
+        self._receiving += 1
+        try:
+            super().dataReceived(data)
+        finally:
+            self._receiving -= 1
+        # A head still being read whose unterminated part holds an LF has
+        # LF-only line endings: twisted.web would wait for a CRLF until the
+        # idle timeout. LineReceiver keeps that part in its (private) buffer,
+        # at most MAX_LENGTH bytes, split into lines only by the outermost
+        # call; this is the one place that reads it.
+        if (
+            self.line_mode
+            and not self._receiving
+            and self.refused is None
+            and b"\n" in self._buffer
+        ):
+            self.refuse(errors.malformed_request("Request lines must end with CRLF"))
+
+    def lineReceived(self, line: bytes) -> None:
+        # The head's size is counted here, before twisted.web counts it, so
+        # that too large a head is a 431 rather than twisted.web's bare 400.
+        if line or self._head_lines:  # not the empty line a client may send between requests
+            self._head_lines += 1
+            self._head_size += len(line)
+        if self._head_size > self.totalHeadersSize or self._head_lines > self.maxHeaders + 1:
+            self.refuse(errors.header_fields_too_large(self.totalHeadersSize))
+            return
+        if b"\n" in line:
+            self.refuse(errors.malformed_request("Request lines must end with CRLF"))
+            return
+        super().lineReceived(line)
+
+    def lineLengthExceeded(self, line: bytes) -> None:
+        """One line over MAX_LENGTH: the request line (414) or a header (431)."""
+        if self._head_lines == 0:
+            self.refuse(errors.uri_too_long(self.MAX_LENGTH))
+        else:
+            self.refuse(errors.header_fields_too_large(self.totalHeadersSize))
+
+    def allHeadersReceived(self) -> None:
+        self._head_lines = self._head_size = 0
+        limit = self._max_body
+        # A declared length over every limit is answered now, before any
+        # 100 Continue and without waiting for a body that may never come.
+        if limit is not None and self.length is not None and self.length > limit:
+            self.refuse(errors.request_too_large(limit))
+            return
+        super().allHeadersReceived()
+
+    def rawDataReceived(self, data: bytes) -> None:
+        if self.refused is not None:
+            return
+        super().rawDataReceived(data)
+        # A chunk declaring more than every limit is answered now too: the
+        # chunk size is only known to twisted.web's (private) decoder, whose
+        # documented ``length`` is what is left of the current chunk.
+        decoder = self._transferDecoder
+        limit = self._max_body
+        if (
+            self.length is None
+            and decoder is not None
+            and limit is not None
+            and getattr(decoder, "state", None) == "BODY"
+        ):
+            received = getattr(self.requests[-1], "body_length", 0) if self.requests else 0
+            if received + decoder.length > limit:
+                self.refuse(errors.request_too_large(limit))
+
+    def _respondToBadRequestAndDisconnect(self) -> None:
+        # twisted.web's one (private) hook for every other framing error: bad
+        # request lines, header names or values, lengths, transfer codings,
+        # chunks. Answered in the Invoke API's shape instead of a bare 400.
+        self.refuse(errors.malformed_request("The request is not valid HTTP/1.1"))
+
+    def refuse(self, error: errors.APIError) -> None:
+        """
+        Answer C{error} and end the connection: half-close at once (the client
+        reads the answer, then the end), drop whatever else it sends, and
+        close for good when it does, or after L{REFUSED_LINGER} seconds.
+        """
+        if self.refused is not None:
+            return
+        self.refused = error
+        self.persistent = False
+        self.clearLineBuffer()
+        status = error.status
+        head = [
+            b"HTTP/1.1 %d %s" % (status, RESPONSES.get(status, b"Error")),
+            b"Content-Type: application/json",
+            b"x-amzn-ErrorType: " + error.error_type.encode(),
+            b"Content-Length: %d" % len(error.body),
+            b"Connection: close",
+        ]
+        head.extend(f"{name}: {value}".encode() for name, value in error.headers.items())
+        transport = self.transport
+        assert transport is not None
+        transport.write(b"\r\n".join(head) + b"\r\n\r\n" + error.body)
+        self.setTimeout(REFUSED_LINGER)
+        half_close = getattr(transport, "loseWriteConnection", None)
+        if half_close is not None:
+            half_close()
+        else:
+            transport.loseConnection()
+
+    def timeoutConnection(self) -> None:
+        if self.refused is not None:
+            # The client had its answer and REFUSED_LINGER seconds to read it.
+            abort = getattr(self.transport, "abortConnection", None)
+            if abort is not None:
+                abort()
+            else:
+                self.loseConnection()
+            return
+        super().timeoutConnection()
 
 
 class QuietSite(Site):
@@ -255,62 +396,3 @@ def listen_error_line(program: str, error: CannotListenError) -> str:
     """The one line a program stops with when its port is taken."""
     where = f"{error.interface or '0.0.0.0'}:{error.port}"
     return f"{program}: cannot listen on {where}: {error.socketError}"
-
-
-class FastRoutes(Resource):
-    """
-    A Klein app's resource with its hottest routes served directly.
-
-    Klein's routing and wrapping cost ~60 us a request here, and every
-    invocation makes three requests. Subclasses answer the few routes on the
-    invocation path in L{fast_route} and leave every other request to the Klein
-    resource, which stays the one description of the whole API.
-    """
-
-    isLeaf = True
-
-    def __init__(self, fallback: IResource) -> None:
-        super().__init__()
-        self._fallback = fallback
-
-    def fast_route(self, request: Request) -> Callable[[Request], Any] | None:
-        """The handler for C{request} if it is a hot route, else None."""
-        raise NotImplementedError()
-
-    def error_body(self, request: Request, error: BaseException) -> bytes | None:
-        """Write the status and headers for C{error}; its body, or None if not ours."""
-        raise NotImplementedError()
-
-    def render(self, request: Request) -> Any:
-        handler = self.fast_route(request)
-        if handler is None:
-            return self._fallback.render(request)
-        try:
-            result = handler(request)
-        except Exception as error:
-            body = self.error_body(request, error)
-            if body is None:
-                raise
-            return body
-        if not isinstance(result, Deferred):
-            return result
-        result.addCallbacks(self._send, self._failed, callbackArgs=(request,), errbackArgs=(request,))
-        request.notifyFinish().addErrback(lambda _: result.cancel())
-        return NOT_DONE_YET
-
-    @staticmethod
-    def _send(body: bytes, request: Request) -> None:
-        if not request.finished and not request._disconnected:
-            request.write(body)
-            request.finish()
-
-    def _failed(self, failure: Failure, request: Request) -> None:
-        if failure.check(CancelledError):
-            return  # the client went away
-        assert isinstance(failure.value, Exception)
-        body = self.error_body(request, failure.value)
-        if body is None:
-            log.failure("unexpected error answering {uri}", failure, uri=request.uri)
-            request.setResponseCode(500)
-            body = b'{"errorMessage": "internal error", "errorType": "ServiceException"}'
-        self._send(body, request)

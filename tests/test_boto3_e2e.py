@@ -131,6 +131,19 @@ class Boto3Tests(TestCase):
         response = await boto3_invoke(daemon, FunctionName="function", Payload=b'{"after": 1}')
         self.assertEqual(json.loads(response["Payload"]), {"after": 1})
 
+    async def test_invalid_json(self) -> None:
+        """A payload that is not JSON raises boto3's InvalidRequestContentException, and nothing runs."""
+        daemon = await start_python(self, "handlers.echo")
+        client = await in_thread(lambda_client, daemon.url)
+        with self.assertRaises(client.exceptions.InvalidRequestContentException) as caught:
+            await in_thread(client.invoke, FunctionName="function", Payload=b"{not json")
+        error = caught.exception.response
+        self.assertEqual(error["ResponseMetadata"]["HTTPStatusCode"], 400)
+        self.assertTrue(
+            error["Error"]["Message"].startswith("Could not parse request body into json: ")
+        )
+        self.assertEqual(daemon.service.pool.environments, [])
+
     async def test_client_context(self) -> None:
         """boto3's base64 ClientContext reaches the handler's context.client_context."""
         daemon = await start_python(self, "handlers.context")

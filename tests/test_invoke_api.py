@@ -39,6 +39,11 @@ from .fakes import InMemoryHTTP, Reply
 ARN = "arn:aws:lambda:us-east-1:012345678912:function:echo"
 
 
+def json_string(size: int) -> bytes:
+    """A JSON document (one string) of exactly C{size} bytes."""
+    return b'"' + b"x" * (size - 2) + b'"'
+
+
 def invocations_path(name: str, query: str = "") -> str:
     return f"/2015-03-31/functions/{name}/invocations{query}"
 
@@ -195,6 +200,17 @@ class SuccessTests(InvokeAPITestCase):
         parsed = self.botocore_parse(reply)
         self.assertEqual((parsed["StatusCode"], parsed["FunctionError"]), (200, "Unhandled"))
 
+    def test_function_error_comes_from_the_result(self) -> None:
+        """X-Amz-Function-Error is the result's own function_error, not a constant."""
+
+        class Handled(Result):
+            @property
+            def function_error(self) -> str | None:
+                return "Handled"
+
+        self.invoker.answer = succeed(Handled(Outcome.FUNCTION_ERROR, b"{}", "rid"))
+        self.assertEqual(self.post().header("x-amz-function-error"), "Handled")
+
     def test_every_error_outcome_is_unhandled(self) -> None:
         """Timeout, init error and runtime exit all answer 200 with X-Amz-Function-Error: Unhandled."""
         for outcome in (Outcome.TIMEOUT, Outcome.INIT_ERROR, Outcome.RUNTIME_EXIT):
@@ -288,6 +304,20 @@ class NameTests(InvokeAPITestCase):
         """?Qualifier=$LATEST (also percent-encoded) is served with the qualifier in the ARN."""
         self.assert_routed("echo", ARN + ":$LATEST", "?Qualifier=$LATEST")
         self.assert_routed("echo", ARN + ":$LATEST", "?Qualifier=%24LATEST")
+
+    def test_decides_as_function_serves(self) -> None:
+        """The daemon serves exactly the names and qualifiers Function.serves takes (as the AMQP consumer decides)."""
+        function = Function(name="echo", version="7")
+        api = InvokeAPI(self.invoker, self.clock, function)
+        http = InMemoryHTTP(QuietSite(InvokeAPIResource(api), bounded_request(errors.MAX_SYNC_PAYLOAD)))
+        for name, qualifier in (
+            ("echo", None), ("echo", "$LATEST"), ("echo", "7"), ("function", "7"),
+            ("echo", "8"), ("other", None), ("function", "prod"),
+        ):
+            query = f"?Qualifier={qualifier}" if qualifier else ""
+            reply = self.successResultOf(http.request("POST", invocations_path(name, query), b"{}"))
+            expected = 200 if function.serves(name, qualifier) else 404
+            self.assertEqual(reply.code, expected, (name, qualifier))
 
     def test_other_name_is_404(self) -> None:
         """Another function name is 404 ResourceNotFoundException naming its ARN, and nothing runs."""
@@ -411,9 +441,9 @@ class LimitTests(InvokeAPITestCase):
 
     def test_sync_payload_limit(self) -> None:
         """A synchronous payload of 6,291,456 bytes runs; one byte more is 413 RequestTooLargeException."""
-        self.assertEqual(self.post(body=b"x" * errors.MAX_SYNC_PAYLOAD).code, 200)
+        self.assertEqual(self.post(body=json_string(errors.MAX_SYNC_PAYLOAD)).code, 200)
         self.assertEqual(len(self.invoker.only[1].payload), errors.MAX_SYNC_PAYLOAD)
-        reply = self.post(body=b"x" * (errors.MAX_SYNC_PAYLOAD + 1))
+        reply = self.post(body=json_string(errors.MAX_SYNC_PAYLOAD + 1))
         self.assert_invoke_error(reply, 413, "RequestTooLargeException")
         self.assertEqual(len(self.invoker.calls), 1)
         self.assertEqual(self.botocore_parse(reply)["Error"]["Code"], "RequestTooLargeException")
@@ -421,10 +451,41 @@ class LimitTests(InvokeAPITestCase):
     def test_event_payload_limit(self) -> None:
         """An Event payload of 1 MB is accepted; one byte more is 413."""
         event = {"X-Amz-Invocation-Type": "Event"}
-        self.assertEqual(self.post(body=b"x" * errors.MAX_ASYNC_PAYLOAD, headers=event).code, 202)
-        reply = self.post(body=b"x" * (errors.MAX_ASYNC_PAYLOAD + 1), headers=event)
+        reply = self.post(body=json_string(errors.MAX_ASYNC_PAYLOAD), headers=event)
+        self.assertEqual(reply.code, 202)
+        reply = self.post(body=json_string(errors.MAX_ASYNC_PAYLOAD + 1), headers=event)
         self.assert_invoke_error(reply, 413, "RequestTooLargeException")
         self.assertEqual(len(self.invoker.calls), 1)
+
+
+class InvalidJSONTests(InvokeAPITestCase):
+    """Payloads that are not JSON, refused as AWS refuses them."""
+
+    def test_invalid_json_is_400(self) -> None:
+        """A payload that is not JSON is 400 InvalidRequestContentException, for every invocation type, and nothing runs."""
+        for kind in ("RequestResponse", "Event", "DryRun"):
+            for body in (b"not json", b'{"a":', b"\xff\xfe", b"[1,]"):
+                reply = self.post(body=body, headers={"X-Amz-Invocation-Type": kind})
+                document = self.assert_invoke_error(reply, 400, "InvalidRequestContentException")
+                self.assertTrue(
+                    document["Message"].startswith("Could not parse request body into json: "),
+                    document,
+                )
+        self.assertEqual(self.invoker.calls, [])
+        parsed = self.botocore_parse(self.post(body=b"nope"))
+        self.assertEqual(parsed["Error"]["Code"], "InvalidRequestContentException")
+
+    def test_any_json_value_runs(self) -> None:
+        """Any JSON value (not only objects) is an event, passed byte for byte."""
+        for body in (b'"a string"', b"42", b"null", b" [1, 2] ", b'{"nested": {"k": [true]}}'):
+            self.assertEqual(self.post(body=body).code, 200)
+            self.assertEqual(self.invoker.calls[-1][1].payload, body)
+
+
+class ServerInvalidJSONTests(InvalidJSONTests):
+    """The Lambda Server's Invoke API refuses them the same way, before publishing anything."""
+
+    function = None
 
 
 class ClientContextTests(InvokeAPITestCase):
@@ -552,6 +613,19 @@ class InvokeErrorTests(InvokeAPITestCase):
         self.assert_invoke_error(reply, 503, "ServiceException")
         self.assertIsNotNone(reply.header("retry-after"))
 
+    def test_unexpected_error_is_an_invoke_api_500(self) -> None:
+        """An invoker's unexpected exception is logged and answered 500 ServiceException in the Invoke API's shape."""
+        self.invoker.answer = fail(RuntimeError("a bug"))
+        reply = self.post()
+        self.assertEqual(reply.code, 500)
+        self.assertEqual(reply.header("x-amzn-errortype"), "ServiceException")
+        self.assertEqual(reply.header("content-type"), "application/json")
+        document = reply.json()
+        self.assertEqual(document["Type"], "Service")
+        self.assertIsInstance(document["Message"], str)
+        self.assertEqual(self.botocore_parse(reply)["Error"]["Code"], "ServiceException")
+        self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 1)
+
     def test_dry_run_while_stopping_is_503(self) -> None:
         """A DryRun refused because the daemon is stopping is 503."""
         self.invoker.answer = fail(ServiceUnavailable("shutting down"))
@@ -599,6 +673,19 @@ class OpenFaaSTests(InvokeAPITestCase):
             self.assertEqual(self.successResultOf(self.http.request("GET", path)).code, 503)
 
 
+    def test_root_passes_any_body(self) -> None:
+        """/ passes a body that is not JSON to the function unchanged, as the watchdog does."""
+        reply = self.successResultOf(self.http.request("POST", "/", b"plain text, not JSON"))
+        self.assertEqual((reply.code, reply.body), (200, b"plain text, not JSON"))
+
+    def test_wrong_method_on_health_is_405_with_allow(self) -> None:
+        """POST /_/health is 405 with Allow listing GET (and HEAD)."""
+        reply = self.successResultOf(self.http.request("POST", "/_/health", b"{}"))
+        self.assertEqual(reply.code, 405)
+        self.assertEqual(reply.header("x-amzn-errortype"), "UnknownOperationException")
+        self.assertIn("GET", (reply.header("allow") or "").split(", "))
+
+
 class OpenFaaSOffTests(InvokeAPITestCase):
     """Without ENABLE_OPENFAAS the watchdog routes do not exist."""
 
@@ -622,4 +709,13 @@ class UnknownOperationTests(InvokeAPITestCase):
             self.assertEqual(reply.code, status)
             self.assertEqual(reply.header("x-amzn-errortype"), "UnknownOperationException")
             self.assertEqual(reply.json(), {"message": "Unknown operation"})
+        self.assertEqual(self.invoker.calls, [])
+
+    def test_wrong_method_on_invocations_is_405_with_allow(self) -> None:
+        """Every other method on the invocations path is 405 with Allow: POST."""
+        for method in ("GET", "PUT", "DELETE"):
+            reply = self.successResultOf(self.http.request(method, invocations_path("echo")))
+            self.assertEqual(reply.code, 405, method)
+            self.assertEqual(reply.header("allow"), "POST")
+            self.assertEqual(reply.header("x-amzn-errortype"), "UnknownOperationException")
         self.assertEqual(self.invoker.calls, [])
