@@ -23,7 +23,7 @@ import time
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Awaitable, Callable, Mapping
+from typing import Any, Awaitable, Callable, Mapping, cast
 from urllib.parse import quote
 
 import pika
@@ -32,6 +32,7 @@ from twisted.internet.defer import Deferred
 from twisted.internet.protocol import ProcessProtocol
 from twisted.internet.task import deferLater
 from twisted.internet.utils import getProcessOutputAndValue
+from twisted.logger import ILogObserver, LogEvent, formatEvent, globalLogPublisher
 from twisted.protocols.portforward import ProxyFactory, ProxyServer
 from twisted.python.failure import Failure
 from twisted.web.client import Agent, HTTPConnectionPool
@@ -546,3 +547,25 @@ def ready_messages(uri: str, queue: str) -> int:
         return count
     finally:
         connection.close()
+
+
+class LogLines:
+    """lambdarapid's log lines while a test runs, formatted, for waiting on what they say."""
+
+    def __init__(self, test: Any) -> None:
+        self.lines: list[str] = []
+        observer = cast(ILogObserver, self._observe)
+        globalLogPublisher.addObserver(observer)
+        test.addCleanup(globalLogPublisher.removeObserver, observer)
+
+    def _observe(self, event: LogEvent) -> None:
+        if str(event.get("log_namespace", "")).startswith("lambdarapid"):
+            self.lines.append(formatEvent(event))
+
+    def matching(self, text: str) -> list[str]:
+        return [line for line in self.lines if text in line]
+
+    async def wait_for(self, reactor: Any, text: str, seconds: float = 10.0) -> str:
+        """The first line containing C{text}, once logged."""
+        await eventually(reactor, lambda: bool(self.matching(text)), seconds, f"{text!r} logged: {self.lines[-5:]}")
+        return self.matching(text)[0]

@@ -70,12 +70,13 @@ class ThroughServerTests(TestCase):
     async def test_timeout(self) -> None:
         """A run past the daemon's AWS_LAMBDA_FUNCTION_TIMEOUT answers Sandbox.Timedout when the timeout hits."""
         name, daemon, server, http = await self.deployed(AWS_LAMBDA_FUNCTION_TIMEOUT=1)
-        answer = await http.invoke(server.url, name, {"sleep": 5})
+        answer = await http.invoke(server.url, name, {"sleep": 10})
         self.assertEqual(answer.status, 200)
         self.assertEqual(answer.headers.get("x-amz-function-error"), "Unhandled")
         self.assertEqual(answer.json()["errorType"], "Sandbox.Timedout")
         self.assertIn("Task timed out after 1.00 seconds", answer.json()["errorMessage"])
-        self.assertLess(answer.seconds, 3.5)
+        # At the timeout, well before the 10 s run would have ended.
+        self.assertLess(answer.seconds, 8.0)
 
     async def test_event(self) -> None:
         """An Event invocation is a 202 with an empty body, and the function really runs afterwards."""
@@ -132,7 +133,8 @@ class ThroughServerTests(TestCase):
                 "Message": f"Function not found: arn:aws:lambda:us-east-1:012345678912:function:{name}",
             },
         )
-        self.assertLess(answer.seconds, 1.0)
+        # From the broker's return, not after a reroute window or the fail-safe timeout.
+        self.assertLess(answer.seconds, 5.0)
 
     async def test_fail_safe_timeout(self) -> None:
         """With no reply in the server's AWS_LAMBDA_FUNCTION_TIMEOUT, the server answers Sandbox.Timedout itself."""
@@ -142,14 +144,16 @@ class ThroughServerTests(TestCase):
         await daemon.wait_connected()
         await server.wait_connected()
         http = caller(self, reactor)
-        answer = await http.invoke(server.url, name, {"sleep": 2.5})
+        answer = await http.invoke(server.url, name, {"sleep": 6})
         self.assertEqual(answer.status, 200)
         self.assertEqual(answer.headers.get("x-amz-function-error"), "Unhandled")
         self.assertEqual(answer.json()["errorType"], "Sandbox.Timedout")
-        self.assertLess(answer.seconds, 2.0)
+        self.assertEqual(answer.body, errors.timed_out_body(answer.headers["x-amzn-requestid"], 1.0))
+        # The server's 1 s, not the function's 6 s run.
+        self.assertLess(answer.seconds, 5.0)
         # The late reply is dropped, and the next caller gets its own answer.
         await eventually(
-            reactor, lambda: b"END RequestId" in daemon.output, 5, "the slow run finished"
+            reactor, lambda: b"END RequestId" in daemon.output, 10, "the slow run finished"
         )
         later = await http.invoke(server.url, name, {"after": True})
         self.assertEqual((later.status, later.json()), (200, {"after": True}))
@@ -262,4 +266,4 @@ class Boto3Tests(TestCase):
 
         code, seconds = await within(deferToThread(call), 25, reactor)
         self.assertEqual(code, "ResourceNotFoundException")
-        self.assertLess(seconds, 2.0)
+        self.assertLess(seconds, 5.0)

@@ -20,10 +20,14 @@ from twisted.internet.threads import deferToThread
 from twisted.trial.unittest import TestCase
 
 from lambdarapid.amqp.invoker import CONNECT_HOLD
+from lambdarapid.amqp.parameters import parse_amqp_uri, redacted
 
 from .amqp_support import (
+    BROKER_HOST,
+    BROKER_PORT,
     DaemonProcess,
     Forwarder,
+    LogLines,
     amqp_uri,
     caller,
     count_starts,
@@ -68,8 +72,9 @@ class ScaleOutTests(TestCase):
             self.assertEqual(
                 (answer.status, answer.json().get("id")), (200, event["id"]), answer.body
             )
+        # In parallel: less than the 8 s one daemon needs (about 4 s when idle).
         self.assertTrue(
-            3.5 <= elapsed <= 6.0, f"eight 1 s runs on two daemons took {elapsed:.2f} s"
+            3.5 <= elapsed < 7.5, f"eight 1 s runs on two daemons took {elapsed:.2f} s"
         )
         starts = (count_starts(first.output), count_starts(second.output))
         self.assertEqual(sum(starts), 8, starts)
@@ -321,31 +326,34 @@ class BrokerFaultTests(TestCase):
         daemon.start()
         await daemon.wait_for(b"connected to the AMQP broker")
         await within(deferToThread(delete_queue, amqp_uri(), name), 10, reactor)
-        await deferLater(reactor, 0.3, lambda: None)
+        await daemon.wait_for(b"the broker cancelled our consumer")
         daemon.kill_group(signal.SIGTERM)
         try:
-            await eventually(reactor, lambda: not daemon.running, 3, "exited after SIGTERM")
+            # Well before DaemonProcess.stop's SIGKILL (10 s); the hang was forever.
+            await eventually(reactor, lambda: not daemon.running, 6, "exited after SIGTERM")
         finally:
             daemon.kill_group(signal.SIGKILL)
 
 
     async def test_server_before_broker(self) -> None:
         """A server that cannot reach the broker answers 503 with Retry-After after a short hold (all invocation types), then 200 once it can."""
+        logs = LogLines(self)
         forwarder = Forwarder(reactor)
         self.addCleanup(forwarder.stop)
         name = function_name()
         daemon = deploy(self, reactor, name)
         server = lambda_server(self, reactor, amqp_uri(port=forwarder.port, retry_delay=0.2))
         await daemon.wait_connected()
-        await deferLater(reactor, 0.3, lambda: None)
+        await logs.wait_for(reactor, f"cannot reach the AMQP broker at amqp://127.0.0.1:{forwarder.port}/")
         self.assertFalse(server.connected)
         http = caller(self, reactor)
-        refused = await http.invoke(server.url, name, {"early": True}, seconds=5)
+        refused = await http.invoke(server.url, name, {"early": True}, seconds=10)
         self.assertEqual(refused.status, 503, refused.body)
         self.assertTrue(refused.headers.get("retry-after"))
-        self.assertLess(refused.seconds, CONNECT_HOLD + 1.0)
+        # Held for CONNECT_HOLD, then answered: not hung until the caller gives up.
+        self.assertLess(refused.seconds, CONNECT_HOLD + 4.0)
         for kind in ("Event", "DryRun"):
-            refused = await http.invoke(server.url, name, {}, seconds=5, x_amz_invocation_type=kind)
+            refused = await http.invoke(server.url, name, {}, seconds=10, x_amz_invocation_type=kind)
             self.assertEqual((refused.status, refused.headers.get("retry-after")), (503, "1"), kind)
         forwarder.start()
         await server.wait_connected(10)
@@ -354,13 +362,14 @@ class BrokerFaultTests(TestCase):
 
     async def test_daemon_without_broker_serves_http(self) -> None:
         """A daemon whose broker is unreachable still serves HTTP invocations, and joins its queue once the broker is reachable."""
+        logs = LogLines(self)
         forwarder = Forwarder(reactor)
         self.addCleanup(forwarder.stop)
         name = function_name()
         daemon = deploy(self, reactor, name, amqp_uri(port=forwarder.port, retry_delay=0.2))
         server = lambda_server(self, reactor)
         await server.wait_connected()
-        await deferLater(reactor, 0.3, lambda: None)
+        await logs.wait_for(reactor, f"cannot reach the AMQP broker at amqp://127.0.0.1:{forwarder.port}/")
         self.assertFalse(daemon.connected)
         http = caller(self, reactor)
         direct = await http.invoke(daemon.url, name, {"direct": True})
@@ -371,3 +380,50 @@ class BrokerFaultTests(TestCase):
         await daemon.wait_connected(10)
         routed = await http.invoke(server.url, name, {"routed": True})
         self.assertEqual((routed.status, routed.json()), (200, {"routed": True}))
+
+
+class RefusedConnectionTests(TestCase):
+    """A broker that is there but will not have us says why, once, and we keep trying."""
+
+    timeout = 30
+
+    async def test_refused_login_is_logged(self) -> None:
+        """A wrong password is logged as a refused login of that user (not "cannot reach"), once, without the password."""
+        logs = LogLines(self)
+        uri = f"amqp://guest:wrong-secret@{BROKER_HOST}:{BROKER_PORT}/%2F?retry_delay=0.2"
+        daemon = deploy(self, reactor, function_name(), uri)
+        line = await logs.wait_for(reactor, "refused the login")
+        self.assertIn("user 'guest'", line)
+        self.assertIn("ACCESS_REFUSED", line)
+        self.assertIn(f"amqp://{BROKER_HOST}:{BROKER_PORT}/%2F", line)
+        self.assertIn("retrying within 0.2 s", line)
+        # Retried (each attempt is refused again), and still said once.
+        amqp = daemon.service.amqp
+        assert amqp is not None
+        await eventually(reactor, lambda: amqp._failures >= 3, 10, "three refused attempts")
+        self.assertEqual(len(logs.matching("refused the login")), 1)
+        self.assertEqual(logs.matching("cannot reach"), [])
+        self.assertNotIn("wrong-secret", "\n".join(logs.lines))
+        self.assertFalse(daemon.connected)
+
+    async def test_missing_vhost_is_logged(self) -> None:
+        """A vhost that does not exist is logged as a refused vhost, naming it."""
+        logs = LogLines(self)
+        vhost = f"lambdarapid-missing-{uuid.uuid4().hex[:8]}"
+        daemon = deploy(self, reactor, function_name(), amqp_uri(vhost=vhost))
+        line = await logs.wait_for(reactor, "refused access to vhost")
+        self.assertIn(f"vhost {vhost!r}", line)
+        self.assertIn(f"/{vhost}", line)
+        self.assertIn("not found", line)
+        self.assertEqual(logs.matching("cannot reach"), [])
+        self.assertFalse(daemon.connected)
+
+    async def test_connected_line_names_the_vhost(self) -> None:
+        """The "connected" line names the vhost after a slash: amqp://host:port/vhost."""
+        logs = LogLines(self)
+        vhost = await private_vhost(self, reactor)
+        daemon = deploy(self, reactor, function_name(), amqp_uri(vhost=vhost))
+        await daemon.wait_connected()
+        line = await logs.wait_for(reactor, "connected to the AMQP broker")
+        self.assertIn(redacted(parse_amqp_uri(amqp_uri(vhost=vhost))), line)
+        self.assertIn(f"{BROKER_PORT}/{vhost}", line)

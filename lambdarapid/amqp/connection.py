@@ -229,11 +229,14 @@ class AMQPConnectionService(Service):
         self._built: _Connection | None = None
         #: What the current outage was last logged as; None while connected.
         self._outage: object = None
+        #: Failed attempts since the users were last set up (see L{_reject}).
+        self._failures = 0
         self.retry_delay = max(0.1, float(parameters.retry_delay or 10))
+        self._policy = retry_policy(0.5, self.retry_delay, random)
         self._client = ClientService(
             _WatchedEndpoint(endpoint or broker_endpoint(reactor, parameters), self._unreachable),
             Factory.forProtocol(self._build),
-            retryPolicy=retry_policy(0.5, self.retry_delay, random),
+            retryPolicy=lambda attempt: self._policy(max(self._failures, 1)),
             clock=reactor,
             prepareConnection=self._prepare,
         )
@@ -261,6 +264,7 @@ class AMQPConnectionService(Service):
         emit("{problem}; retrying within {delay:g} s", problem=problem, delay=self.retry_delay)
 
     def _unreachable(self, failure: Failure) -> None:
+        self._failures += 1
         self._outage_is(
             "unreachable",
             f"cannot reach the AMQP broker at {redacted(self._parameters)} "
@@ -284,7 +288,8 @@ class AMQPConnectionService(Service):
                 self._outage_is(
                     ("refused", refusal[0]), describe_refusal(refusal, self._parameters), error=True
                 )
-            raise
+            self._reject(connection)
+            return
         finally:
             connection.handshake.stop()
         try:
@@ -296,11 +301,29 @@ class AMQPConnectionService(Service):
                 where=redacted(self._parameters),
                 error=error,
             )
-            connection.close()
-            raise
+            self._reject(connection)
+            return
         self.connection = connection
+        self._failures = 0
         self._outage = None
         self.log.info("connected to the AMQP broker at {where}", where=redacted(self._parameters))
+
+    def _reject(self, connection: _Connection) -> None:
+        """
+        Close a connection we will not use, and count the failure.
+
+        Not by failing C{prepareConnection}: ClientService then waits to
+        retry, and the rejected connection's loss arriving after that has no
+        transition in its state machine (automat raises C{NoTransition} into
+        the reactor). A rejected connection is one made and lost at once
+        instead, which resets ClientService's attempt count: the backoff
+        counts C{_failures} itself.
+        """
+        self._failures += 1
+        if connection.is_open:
+            connection.close()
+        elif connection.transport is not None:
+            connection.transport.loseConnection()
 
     def _lost(self, connection: _Connection, reason: Failure) -> None:
         if self.connection is not connection:
