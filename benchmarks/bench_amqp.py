@@ -27,6 +27,9 @@ and measures:
               as soon as the server's port accepts: how many fail or are lost
   profile     the Lambda Server under load (MAX_CONCURRENCY=4, 8 connections):
               the in-process CPU sampler and py-spy, grouped
+  check       what the daemon's per-delivery request check costs (size limit
+              and one orjson parse, invocation.check_payload) on the 1 MiB
+              payload, in this process
 
     python benchmarks/bench_amqp.py            # everything, ~4 min
     python benchmarks/bench_amqp.py --quick    # ~1.5 min smoke run
@@ -60,7 +63,7 @@ import bench_daemon as bd  # noqa: E402  (the shared load generator, baseline, /
 from bench_daemon import CLK_TCK, HOST, ECHO_DIR, HERE, RESULTS_DIR, LoadResult, Server, fmt, log, ratio  # noqa: E402
 
 DEFAULT_URI = "amqp://guest:guest@127.0.0.1:5672/"
-ALL_SECTIONS = ("server", "direct", "rpc", "coldstart", "profile")
+ALL_SECTIONS = ("server", "direct", "rpc", "coldstart", "profile", "check")
 #: Upstream's Go server + daemon pair on this machine (MAX_CONCURRENCY=4), for reference only.
 UPSTREAM_RPS = {1: 1500, 8: 3200}
 
@@ -767,6 +770,24 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     return args
 
 
+def payload_check_cost(body: bytes, repeats: int = 200) -> dict[str, Any]:
+    """
+    The daemon's check of every AMQP delivery (limit + one JSON parse), timed
+    on C{body}: the median of C{repeats} runs, in µs, and the rate it allows.
+    """
+    from lambdarapid.invocation import InvocationType, check_payload
+
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        check_payload(body, InvocationType.REQUEST_RESPONSE)
+        times.append(time.perf_counter() - start)
+    times.sort()
+    median = times[len(times) // 2]
+    return dict(bytes=len(body), median_us=median * 1e6, p99_us=times[int(len(times) * 0.99)] * 1e6,
+                mb_per_s=len(body) / median / 1e6)
+
+
 def main(argv: list[str]) -> int:
     args = parse_args(argv)
     import pika
@@ -901,6 +922,12 @@ def main(argv: list[str]) -> int:
 
         if "profile" in args.sections:
             results["profile"] = run_profile(args, loadgen, body_files, logdir, queues, broker, output)
+
+        if "check" in args.sections:
+            cost = payload_check_cost(body_files["1mb"].read_bytes())
+            results["payload_check"] = cost
+            log(f"request check on {cost['bytes']} bytes: median {cost['median_us']:.0f} µs, "
+                f"p99 {cost['p99_us']:.0f} µs ({cost['mb_per_s']:.0f} MB/s), once per delivery")
     finally:
         left = queues.cleanup()
         results["meta"]["queues_left_behind"] = left
