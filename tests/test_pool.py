@@ -1102,6 +1102,19 @@ class LateAnswerTests(PoolTestCase):
         self.assertEqual((error.status, error.error_type), (400, "InvalidRequestID"))
 
 
+    def test_next_while_stopping_is_refused_when_the_runtime_exits(self) -> None:
+        """A GET next asked while the runtime is being stopped gets no event, and a ContainerError once it exits."""
+        self.make_pool()
+        environment = self.idle_environment()
+        self.pool.stop()
+        self.assertEqual(environment.state, State.STOPPING)
+        late = environment.next_invocation()
+        self.assertNoResult(late)
+        self.process(environment).die(signal.SIGTERM)
+        error = self.failureResultOf(late, APIError).value
+        self.assertEqual((error.status, error.error_type), (500, "ContainerError"))
+        self.assertIn("signal: terminated", json.loads(error.body)["errorMessage"])
+
 class LogTests(PoolTestCase):
     """What the daemon tells its users at INFO about their runtimes."""
 
