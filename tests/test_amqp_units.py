@@ -456,11 +456,14 @@ class ConnectionTests(SynchronousTestCase):
 
         logs = captured_logs(self)
         service = AMQPConnectionService(
-            parse_amqp_uri("amqp://u:p@127.0.0.1:5999/vh?retry_delay=3"), clock, endpoint=Refusing()  # type: ignore[arg-type]
+            parse_amqp_uri("amqp://u:p@127.0.0.1:5999/vh?retry_delay=3"),
+            clock,
+            endpoint=Refusing(),  # type: ignore[arg-type]
+            random=lambda: 0.999999,  # the longest waits the jitter allows
         )
         service.startService()
         self.addCleanup(service.stopService)
-        for _ in range(200):
+        for _ in range(600):
             clock.advance(0.05)
         gaps = [later - earlier for earlier, later in zip(attempts, attempts[1:])]
         self.assertGreater(len(gaps), 5)
