@@ -16,6 +16,8 @@ given as a ratio against the baseline:
               the server's own CPU per request read from /proc/<pid>/stat
               (the runtime processes' CPU reported apart)
   coldstart   process start -> first successful answer (median of N runs)
+  validation  the Invoke API's JSON check of a 1 MB payload, timed in this
+              process, as a share of the daemon's CPU per 1 MB invocation
   profile     (opt-in) py-spy on the daemon under load, grouped by module
 
 Throughput uses wrk (one thread) when it is installed, else a Python asyncio
@@ -59,8 +61,8 @@ HOST = "127.0.0.1"
 INVOKE_PATH = "/2015-03-31/functions/function/invocations"
 BASELINE_PATH = "/echo"
 CLK_TCK = os.sysconf("SC_CLK_TCK")
-ALL_SECTIONS = ("latency", "throughput", "coldstart", "profile")
-DEFAULT_SECTIONS = ("latency", "throughput", "coldstart")
+ALL_SECTIONS = ("latency", "throughput", "coldstart", "validation", "profile")
+DEFAULT_SECTIONS = ("latency", "throughput", "coldstart", "validation")
 
 
 # --------------------------------------------------------------------------
@@ -801,6 +803,37 @@ def measure_throughput(server: Server, loadgen: Wrk | PyLoad, payload: str, body
     )
 
 
+def measure_validation(repeats: int) -> dict[str, Any]:
+    """
+    What the Invoke API's payload check (C{invocation.check_payload}: orjson,
+    once per invocation) costs on the 1 MiB payload, timed in this process,
+    next to the stdlib's json.loads and one copy of the same bytes (the least
+    any handling of a body costs). Its share of the daemon's CPU per 1 MiB
+    invocation is computed from the throughput section of the same run.
+    """
+    sys.path.insert(0, str(ROOT))
+    from lambdarapid.invocation import InvocationType, check_payload
+
+    payload = make_payload("1mb")
+
+    def median_us(call: Callable[[], object]) -> float:
+        for _ in range(max(3, repeats // 10)):
+            call()
+        times = []
+        for _ in range(repeats):
+            started = time.perf_counter()
+            call()
+            times.append(time.perf_counter() - started)
+        return statistics.median(times) * 1e6
+
+    return dict(
+        payload_bytes=len(payload), repeats=repeats,
+        check_payload_us=median_us(lambda: check_payload(payload, InvocationType.REQUEST_RESPONSE)),
+        json_loads_us=median_us(lambda: json.loads(payload)),
+        copy_us=median_us(lambda: bytearray(payload)),
+    )
+
+
 def measure_coldstart(factory: Callable[[], Server], runs: int) -> dict[str, Any]:
     results = []
     name = None
@@ -1169,6 +1202,16 @@ def print_report(results: dict[str, Any]) -> None:
             print(f"{r['server']:<13}{fmt(r['median_listening_ms'], '.0f'):>11}{fmt(r['median_first_answer_ms'], '.0f'):>11}"
                   f"{fmt(ratio(r['median_first_answer_ms'], base and base['median_first_answer_ms'])):>7}   {runs}")
 
+    if results.get("validation"):
+        v = results["validation"]
+        print(f"\nPayload validation, {v['payload_bytes']} byte JSON payload, median of {v['repeats']} calls in this process")
+        print(f"  check_payload (orjson) {v['check_payload_us']:.0f} µs = {fmt(ratio(v['check_payload_us'], v['copy_us']), '.1f')}"
+              f" × one copy of the bytes ({v['copy_us']:.0f} µs), {fmt(ratio(v['check_payload_us'], v['json_loads_us']), '.2f')}"
+              f" × json.loads ({v['json_loads_us']:.0f} µs)")
+        for row in v.get("share_of_daemon_cpu", []):
+            print(f"  {row['server']}, 1mb x{row['connections']}: {fmt(row['daemon_cpu_us_per_req'], '.0f')} µs daemon CPU"
+                  f" per invocation, of which validation {fmt(row['share_pct'], '.1f')}%")
+
     for kind, prof in (results.get("profile") or {}).items():
         if not isinstance(prof, dict) or "samples" not in prof:
             continue
@@ -1354,6 +1397,17 @@ def main(argv: list[str]) -> int:
                 row = measure_coldstart(factory, args.cold_runs)
                 log(f"{row['server']}: cold start median {row['median_first_answer_ms']:.0f} ms")
                 results["coldstart"].append(row)
+        if "validation" in args.sections:
+            validation = measure_validation(repeats=50 if args.quick else 200)
+            validation["share_of_daemon_cpu"] = [
+                dict(server=r["server"], connections=r["connections"],
+                     daemon_cpu_us_per_req=r["server_cpu_us_per_req"],
+                     share_pct=100 * validation["check_payload_us"] / r["server_cpu_us_per_req"])
+                for r in results.get("throughput") or []
+                if r["server"] != "baseline" and r["payload"] == "1mb" and r["server_cpu_us_per_req"]
+            ]
+            log(f"validation: check_payload {validation['check_payload_us']:.0f} µs on 1 MiB")
+            results["validation"] = validation
         if "profile" in args.sections:
             results["profile"] = run_profile(args, loadgen, body_files, logdir, output)
     finally:
