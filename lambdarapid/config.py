@@ -55,6 +55,7 @@ DAEMON_VARIABLES = frozenset(
         "AMQP_PASSWORD",
         "AMQP_PREFETCH",
         "ENABLE_OPENFAAS",
+        "METRICS_PORT",
         "SHUTDOWN_TIMEOUT",
         "AWS_LAMBDA_FUNCTION_TIMEOUT",
         "AWS_LAMBDA_FUNCTION_IDLETIMEOUT",
@@ -127,6 +128,12 @@ class RapidConfig:
     log_level: LogLevel = LogLevel.info
     print_reports: bool = False
     enable_openfaas: bool = False
+    #: Where /metrics, /healthz and /readyz are served; None: not at all.
+    metrics_port: int | None = None
+    #: AWS_LAMBDA_LOG_FORMAT: "Text" or "JSON" (how platform lines and our own log lines look).
+    log_format: str = "Text"
+    #: AWS_LAMBDA_LOG_LEVEL, the application level function output is filtered at (JSON only).
+    application_log_level: str | None = None
     #: Holds the broker's password: kept out of repr, and so out of every log.
     amqp_uri: str | None = field(default=None, repr=False)
     amqp_prefetch: int = 5
@@ -144,6 +151,27 @@ class ServerConfig:
     timeout: float = 1800.0
     region: str = "us-east-1"
     log_level: LogLevel = LogLevel.info
+    #: Where /metrics, /healthz and /readyz are served; None: not at all.
+    metrics_port: int | None = None
+    #: AWS_LAMBDA_LOG_FORMAT for the server's own log lines.
+    log_format: str = "Text"
+
+
+#: AWS_LAMBDA_LOG_FORMAT values, any case, as Lambda spells them.
+LOG_FORMATS = {"text": "Text", "json": "JSON"}
+#: AWS_LAMBDA_LOG_LEVEL values (Lambda's application levels).
+APPLICATION_LOG_LEVELS = ("TRACE", "DEBUG", "INFO", "WARN", "ERROR", "FATAL")
+
+
+def _log_format(raw: str) -> str:
+    return LOG_FORMATS[raw.lower()]
+
+
+def _application_level(raw: str) -> str:
+    level = raw.upper()
+    if level not in APPLICATION_LOG_LEVELS:
+        raise ValueError(raw)
+    return level
 
 
 def _get(
@@ -310,6 +338,18 @@ def rapid_config(command: Sequence[str], environ: Mapping[str, str]) -> RapidCon
     runtime_environ = _runtime_environ(environ)
     runtime_environ.setdefault("LAMBDA_TASK_ROOT", _task_root(environ))
     runtime_environ.setdefault("LAMBDA_RUNTIME_DIR", "/var/runtime")
+    log_format = _get(environ, "AWS_LAMBDA_LOG_FORMAT", _log_format, "Text", "JSON or Text")
+    application_log_level = _get(
+        environ,
+        "AWS_LAMBDA_LOG_LEVEL",
+        _application_level,
+        None,
+        "one of " + " ".join(APPLICATION_LOG_LEVELS),
+    )
+    if log_format == "JSON" and application_log_level is None:
+        application_log_level = "INFO"  # Lambda's default application level in JSON mode
+    if application_log_level is not None:
+        runtime_environ["AWS_LAMBDA_LOG_LEVEL"] = application_log_level
     return RapidConfig(
         command=executable_command,
         handler=handler,
@@ -335,6 +375,9 @@ def rapid_config(command: Sequence[str], environ: Mapping[str, str]) -> RapidCon
         log_level=_get(environ, "LOG_LEVEL", _level, LogLevel.info, _LEVEL_NAMES),
         print_reports=_get(environ, "PRINT_REPORTS", _boolean, False, "true or false"),
         enable_openfaas=_get(environ, "ENABLE_OPENFAAS", _boolean, False, "true or false"),
+        metrics_port=_get(environ, "METRICS_PORT", _port, None, "a port number"),
+        log_format=log_format,
+        application_log_level=application_log_level,
         amqp_uri=_amqp_uri(environ, None),
         amqp_prefetch=_get(
             environ,
@@ -368,6 +411,8 @@ def server_config(environ: Mapping[str, str]) -> ServerConfig:
             or "us-east-1"
         ),
         log_level=_get(environ, "LOG_LEVEL", _level, LogLevel.info, _LEVEL_NAMES),
+        metrics_port=_get(environ, "METRICS_PORT", _port, None, "a port number"),
+        log_format=_get(environ, "AWS_LAMBDA_LOG_FORMAT", _log_format, "Text", "JSON or Text"),
     )
 
 

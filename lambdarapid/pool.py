@@ -72,6 +72,7 @@ class Pool:
         self._function = config.function
         self._reactor = reactor
         self._output = output
+        self._platform = reports.PlatformLines(config.function, config.log_format, reactor)
         self._make_environment = environment_factory
         self._queue: deque[_Job] = deque()
         self._environments: dict[int, ExecutionEnvironment] = {}
@@ -179,7 +180,7 @@ class Pool:
         )
         self._jobs[environment] = job
         if self._config.print_reports:
-            self._output(reports.start_line(invocation.request_id, self._function.version))
+            self._output(self._platform.start(invocation.request_id))
         environment.deliver(invocation)
 
     def _expired(self, job: _Job) -> bool:
@@ -259,9 +260,9 @@ class Pool:
     ) -> None:
         log = environment.take_log()
         result.max_memory_mb = math.ceil(environment.peak_memory_kb() / 1024)
-        start = reports.start_line(invocation.request_id, self._function.version)
-        end = reports.end_line(invocation.request_id)
-        report = reports.report_line(result, self._function.memory_size)
+        start = self._platform.start(invocation.request_id)
+        end = self._platform.end(invocation.request_id)
+        report = self._platform.report(result)
         if self._config.print_reports:
             if not delivered:
                 self._output(start)
@@ -374,6 +375,8 @@ class Pool:
         )
         self._environments[index] = environment
         self._alive.add(environment)
+        if self._config.print_reports:
+            self._output(self._platform.init_start())
         environment.ended().addCallback(lambda _: self._ended(environment))
         self._init_timers[environment] = self._reactor.callLater(  # type: ignore[attr-defined]
             max(INIT_TIMEOUT, self._function.timeout), self._init_timed_out, environment

@@ -1,15 +1,23 @@
 """
-The START / END / REPORT lines Lambda prints for every invocation.
+The platform lines Lambda prints around every invocation.
 
-Same request id on all three; Init Duration only for the invocation that
-started an environment, and last, as in production.
+In Text format (the default) they are START / END / REPORT: the same request
+id on all three, Init Duration only for the invocation that started an
+environment, and last, as in production. In JSON format (Lambda's advanced
+logging controls, C{AWS_LAMBDA_LOG_FORMAT=JSON}) they are Lambda's
+C{{"time", "type", "record"}} events: C{platform.initStart},
+C{platform.start} and C{platform.report}; END has no JSON form.
 """
 
 from __future__ import annotations
 
+import datetime
+import json
 import math
+from typing import Any
 
-from .invocation import Result
+from .config import Function
+from .invocation import Outcome, Result
 
 
 def start_line(request_id: str, version: str) -> bytes:
@@ -20,16 +28,104 @@ def end_line(request_id: str) -> bytes:
     return f"END RequestId: {request_id}\n".encode()
 
 
-def report_line(result: Result, memory_size: int) -> bytes:
+def _milliseconds(result: Result) -> float:
+    return round(result.duration * 1000, 2)
+
+
+def _billed(milliseconds: float) -> int:
     # Billed from the duration as printed, so the two never disagree.
-    milliseconds = round(result.duration * 1000, 2)
+    return max(1, math.ceil(milliseconds))
+
+
+def report_line(result: Result, memory_size: int) -> bytes:
+    milliseconds = _milliseconds(result)
     fields = [
         f"REPORT RequestId: {result.request_id}",
         f"Duration: {milliseconds:.2f} ms",
-        f"Billed Duration: {max(1, math.ceil(milliseconds))} ms",
+        f"Billed Duration: {_billed(milliseconds)} ms",
         f"Memory Size: {memory_size} MB",
         f"Max Memory Used: {result.max_memory_mb or 0} MB",
     ]
     if result.init_duration is not None:
         fields.append(f"Init Duration: {result.init_duration * 1000:.2f} ms")
     return ("\t".join(fields) + "\n").encode()
+
+
+def iso_time(seconds: float) -> str:
+    """C{seconds} since the epoch as Lambda writes times: ISO-8601 UTC, milliseconds."""
+    moment = datetime.datetime.fromtimestamp(seconds, datetime.timezone.utc)
+    return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z"
+
+
+def report_status(result: Result) -> tuple[str, str | None]:
+    """C{platform.report}'s C{status} and C{errorType} for C{result}."""
+    if result.outcome is Outcome.SUCCESS:
+        return "success", None
+    if result.outcome is Outcome.TIMEOUT:
+        return "timeout", None
+    error_type = result.error_type or (
+        "Runtime.ExitError" if result.outcome is Outcome.RUNTIME_EXIT else "Unhandled"
+    )
+    if error_type.startswith("Sandbox."):
+        return "failure", error_type
+    return "error", error_type
+
+
+class PlatformLines:
+    """The platform lines of one function, in its log format, timed on C{clock}."""
+
+    def __init__(self, function: Function, log_format: str, clock: Any) -> None:
+        self._function = function
+        self._json = log_format == "JSON"
+        self._clock = clock
+
+    def _event(self, kind: str, record: dict[str, Any]) -> bytes:
+        event = {"time": iso_time(self._clock.seconds()), "type": kind, "record": record}
+        return (json.dumps(event, separators=(",", ":")) + "\n").encode()
+
+    def init_start(self) -> bytes:
+        """When an environment starts: nothing in Text, C{platform.initStart} in JSON."""
+        if not self._json:
+            return b""
+        function = self._function
+        return self._event(
+            "platform.initStart",
+            {
+                "initializationType": "on-demand",
+                "phase": "init",
+                "functionName": function.name,
+                "functionVersion": function.version,
+            },
+        )
+
+    def start(self, request_id: str) -> bytes:
+        if not self._json:
+            return start_line(request_id, self._function.version)
+        return self._event(
+            "platform.start", {"requestId": request_id, "version": self._function.version}
+        )
+
+    def end(self, request_id: str) -> bytes:
+        return b"" if self._json else end_line(request_id)
+
+    def report(self, result: Result) -> bytes:
+        if not self._json:
+            return report_line(result, self._function.memory_size)
+        milliseconds = _milliseconds(result)
+        metrics: dict[str, Any] = {
+            "durationMs": milliseconds,
+            "billedDurationMs": _billed(milliseconds),
+            "memorySizeMB": self._function.memory_size,
+            "maxMemoryUsedMB": result.max_memory_mb or 0,
+        }
+        if result.init_duration is not None:
+            metrics["initDurationMs"] = round(result.init_duration * 1000, 2)
+        status, error_type = report_status(result)
+        record: dict[str, Any] = {
+            "requestId": result.request_id,
+            "status": status,
+            "metrics": metrics,
+        }
+        if error_type is not None:
+            record["errorType"] = error_type
+        return self._event("platform.report", record)
