@@ -34,7 +34,7 @@ from twisted.python.failure import Failure
 from . import errors, proctree
 from .config import RapidConfig
 from .invocation import Invocation, Outcome
-from .logs import observer
+from .logs import application_filter, observer
 from .runtime_api import RuntimeAPIFactory
 from .config import endpoint_description as tcp_description
 
@@ -136,6 +136,10 @@ class ExecutionEnvironment(ProcessProtocol):
         self._port: IListeningPort | None = None
         self._partial: dict[int, bytearray] = {}
         self._log_buffer = bytearray()
+        #: In JSON log format, what is kept of the function's output lines (its application level).
+        self._keep: Callable[[bytes], bytes] | None = None
+        if config.log_format == "JSON" and config.application_log_level is not None:
+            self._keep = application_filter(config.application_log_level)
         self._peak_kb = 0
         self._output_closer: IDelayedCall | None = None
         self._output_count = 0
@@ -444,25 +448,38 @@ class ExecutionEnvironment(ProcessProtocol):
 
     def childDataReceived(self, childFD: int, data: bytes) -> None:
         self._output_count += 1
-        buffer = self._log_buffer
-        buffer += data
-        if len(buffer) > 4 * LOG_TAIL_BYTES:
-            del buffer[: -LOG_TAIL_BYTES * 2]
+        if self._keep is None:
+            self._keep_for_tail(data)  # as written, partial lines too
         partial = self._partial.get(childFD)
         if partial is None:
             partial = self._partial[childFD] = bytearray()
         cut = data.rfind(b"\n") + 1
         if cut:
             if partial:
-                self._output(bytes(partial) + data[:cut])
+                self._emit(bytes(partial) + data[:cut])
                 del partial[:]
             else:
-                self._output(data[:cut])
+                self._emit(data[:cut])
         partial += data[cut:]
         if len(partial) > MAX_LINE:
             # A line with no end in sight (a progress bar): forward what there is.
-            self._output(bytes(partial) + b"\n")
+            self._emit(bytes(partial) + b"\n")
             del partial[:]
+
+    def _keep_for_tail(self, data: bytes) -> None:
+        buffer = self._log_buffer
+        buffer += data
+        if len(buffer) > 4 * LOG_TAIL_BYTES:
+            del buffer[: -LOG_TAIL_BYTES * 2]
+
+    def _emit(self, lines: bytes) -> None:
+        """Forward whole lines of output; in JSON format only those at the application level."""
+        if self._keep is not None:
+            lines = self._keep(lines)
+            if not lines:
+                return
+            self._keep_for_tail(lines)  # Tail holds what is printed, as on Lambda
+        self._output(lines)
 
     def peak_memory_kb(self) -> int:
         """The peak RSS of the runtime's process tree, in kB (its last reading once it is gone)."""
@@ -497,7 +514,7 @@ class ExecutionEnvironment(ProcessProtocol):
     def _exited_now(self, why: str) -> None:
         for partial in self._partial.values():
             if partial:
-                self._output(bytes(partial) + b"\n")
+                self._emit(bytes(partial) + b"\n")
         self._partial.clear()
         self._exited = True
         callbacks, self._on_exit = self._on_exit, []

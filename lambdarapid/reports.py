@@ -11,13 +11,13 @@ C{platform.start} and C{platform.report}; END has no JSON form.
 
 from __future__ import annotations
 
-import datetime
 import json
 import math
 from typing import Any
 
 from .config import Function
 from .invocation import Outcome, Result
+from .logs import iso_time
 
 
 def start_line(request_id: str, version: str) -> bytes:
@@ -49,12 +49,6 @@ def report_line(result: Result, memory_size: int) -> bytes:
     if result.init_duration is not None:
         fields.append(f"Init Duration: {result.init_duration * 1000:.2f} ms")
     return ("\t".join(fields) + "\n").encode()
-
-
-def iso_time(seconds: float) -> str:
-    """C{seconds} since the epoch as Lambda writes times: ISO-8601 UTC, milliseconds."""
-    moment = datetime.datetime.fromtimestamp(seconds, datetime.timezone.utc)
-    return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z"
 
 
 def report_status(result: Result) -> tuple[str, str | None]:

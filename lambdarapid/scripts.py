@@ -4,7 +4,8 @@ The C{lambda-rapid} and C{lambda-server} console scripts.
 They run the same services as the twistd plugins, in the foreground, without
 twistd's plugin discovery or pid file: what a container ENTRYPOINT (and a
 frozen executable) needs. Log lines go through the same non-blocking writer
-as the runtimes' output, so a stalled stdout stalls neither.
+as the runtimes' output, so a stalled stdout stalls neither; with
+C{AWS_LAMBDA_LOG_FORMAT=JSON} they are one JSON object a line, as Lambda's.
 """
 
 from __future__ import annotations
@@ -12,9 +13,15 @@ from __future__ import annotations
 import sys
 from typing import IO, Any, Callable, Sequence, cast
 
-from twisted.logger import FilteringLogObserver, globalLogBeginner, textFileLogObserver
+from twisted.logger import (
+    FilteringLogObserver,
+    ILogObserver,
+    globalLogBeginner,
+    textFileLogObserver,
+)
 from twisted.python import usage
 
+from .logs import JSONLineObserver
 from .output import OutputWriter, TextOutput, stdout_writer
 from .program import ProgramService, without_port_chatter
 
@@ -36,13 +43,13 @@ def run(
 
     service = make_service(options, reactor)
     output: OutputWriter = service.output or stdout_writer()
+    lines: ILogObserver
+    if options["config"].log_format == "JSON":
+        lines = JSONLineObserver(output.write)
+    else:
+        lines = textFileLogObserver(cast(IO[str], TextOutput(output)))
     globalLogBeginner.beginLoggingTo(
-        [
-            FilteringLogObserver(
-                textFileLogObserver(cast(IO[str], TextOutput(output))), [without_port_chatter]
-            )
-        ],
-        redirectStandardIO=False,
+        [FilteringLogObserver(lines, [without_port_chatter])], redirectStandardIO=False
     )
     service.privilegedStartService()  # a taken port: SystemExit with one line
     service.startService()

@@ -211,6 +211,9 @@ class BadValueTests(SynchronousTestCase):
             ("PRINT_REPORTS", "maybe"),
             ("ENABLE_OPENFAAS", "yes please"),
             ("AMQP_PREFETCH", "0"),
+            ("METRICS_PORT", "metrics"),
+            ("AWS_LAMBDA_LOG_FORMAT", "xml"),
+            ("AWS_LAMBDA_LOG_LEVEL", "loud"),
         ]
         for name, value in cases:
             self.assert_rejected(name, value)
