@@ -5,6 +5,7 @@ C{lambda-rapid} console script, as a container's ENTRYPOINT runs them.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import signal
@@ -354,6 +355,26 @@ class ScriptTests(CommandTests, TestCase):
         self.assertNotIn("Port", written)
         self.assertNotIn("Site", written)
         self.assertNotIn("Factory", written)
+
+    async def test_json_log_format(self) -> None:
+        """With AWS_LAMBDA_LOG_FORMAT=JSON every line the daemon itself prints is one JSON object; the function's print() lines pass as they are."""
+        child, client = self.start(
+            "handlers.dispatch", AWS_LAMBDA_LOG_FORMAT="JSON", PRINT_REPORTS="true"
+        )
+        await self.first_invoke(child, client, {"call": "log", "lines": ["from the function"]})
+        await child.wait_for(b'"platform.report"')
+        child.signal(signal.SIGTERM)
+        self.assertEqual(await child.finished(timeout=10), 0)
+        printed = bytes(child.stdout).decode().splitlines()
+        ours = [line for line in printed if line not in ("from the function", "a line on stderr")]
+        self.assertEqual(len(ours), len(printed) - 2, printed)
+        records = [json.loads(line) for line in ours]  # each parses
+        self.assertTrue(all(isinstance(record, dict) for record in records))
+        listening = [r for r in records if "Invoke API listening" in r.get("message", "")]
+        self.assertEqual(listening[0]["level"], "INFO")
+        self.assertEqual(listening[0]["logger"], "lambdarapid.web.ListenerService")
+        kinds = [r["type"] for r in records if "type" in r]
+        self.assertEqual(kinds, ["platform.initStart", "platform.start", "platform.report"])
 
     async def test_stalled_stdout_stalls_nothing(self) -> None:
         """
