@@ -21,6 +21,7 @@ setup(
         "pika>=1.3",
         "service-identity>=24.1",
         "pyopenssl",
+        "prometheus_client>=0.20",
     ],
     extras_require={
         "test": [

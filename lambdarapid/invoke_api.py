@@ -38,6 +38,15 @@ from .invocation import (
     payload_limit,
 )
 from .logs import observer
+from .metrics import (
+    NO_INVOCATIONS,
+    STATUS_OUTCOMES,
+    SUCCESS,
+    TOO_LARGE,
+    InvocationObserver,
+    RequestObserver,
+    result_outcome,
+)
 from .web import read_body
 
 _JSON = b"application/json"
@@ -93,6 +102,40 @@ def as_api_error(error: BaseException) -> errors.APIError | None:
     return None
 
 
+class _Recording:
+    """One Invoke API request on its way to its answer, for the server's metrics."""
+
+    __slots__ = ("_observer", "_started", "_reactor", "function", "outcome")
+
+    def __init__(self, observer: RequestObserver, reactor: Any) -> None:
+        self._observer = observer
+        self._reactor = reactor
+        self._started: float = reactor.seconds()
+        self.function = ""
+        self.outcome: str | None = SUCCESS
+
+    def result(self, result: Result) -> Result:
+        self.outcome = result_outcome(result)
+        return result
+
+    def failed(self, error: BaseException) -> None:
+        if isinstance(error, CancelledError):
+            return  # the caller hung up: nothing was answered
+        api_error = as_api_error(error)
+        self.outcome = STATUS_OUTCOMES.get(api_error.status) if api_error is not None else None
+        self.done(None)
+
+    def done(self, answer: Any) -> Any:
+        if isinstance(answer, Failure):
+            assert answer.value is not None
+            self.failed(answer.value)
+            return answer
+        self._observer.answered(
+            self.function, self.outcome, self._reactor.seconds() - self._started
+        )
+        return answer
+
+
 def _header(request: Request, name: bytes) -> str | None:
     value = request.getHeader(name)
     return value.decode("utf-8", "replace") if value is not None else None
@@ -119,8 +162,14 @@ class InvokeAPI:
         region: str = "us-east-1",
         openfaas: bool = False,
         ready: Callable[[], bool] = lambda: True,
+        invocations: InvocationObserver = NO_INVOCATIONS,
+        requests: RequestObserver | None = None,
     ) -> None:
         self._invoker = invoker
+        #: The daemon's metrics: told the invocations refused here (413).
+        self._invocations = invocations
+        #: The server's metrics: told every invoke request's answer (None: no timing at all).
+        self._requests = requests
         self._reactor = reactor
         self._function = function
         self._region = function.region if function is not None else region
@@ -153,6 +202,7 @@ class InvokeAPI:
         limit = payload_limit(kind)
         payload = read_body(request, limit)
         if payload is None:
+            self._invocations.refused(kind, TOO_LARGE)
             raise errors.request_too_large(limit)
         now: float = self._reactor.seconds()
         return Invocation(
@@ -173,6 +223,25 @@ class InvokeAPI:
         C{POST /2015-03-31/functions/{function_name}/invocations}: the invoke
         route's handler, reached through L{InvokeAPIResource}.
         """
+        requests = self._requests
+        if requests is None:
+            return self._invoke(request, function_name, None)
+        recording = _Recording(requests, self._reactor)
+        try:
+            answer = self._invoke(request, function_name, recording)
+        except Exception as error:
+            recording.failed(error)
+            raise
+        return answer.addBoth(recording.done)
+
+    def _invoke(
+        self, request: Request, function_name: str, recording: _Recording | None
+    ) -> Deferred[bytes]:
+        if recording is not None:
+            try:  # the routed name, for refusals (413) as for answers
+                recording.function = split_function_name(function_name, None)[0]
+            except errors.APIError:
+                pass
         invocation = self._invocation(request, function_name)
         request.responseHeaders.setRawHeaders(
             b"x-amzn-requestid", [invocation.request_id.encode()]
@@ -183,7 +252,43 @@ class InvokeAPI:
             return self._invoker.accept_event(invocation).addCallback(
                 self._empty, request, 202
             )
-        return self._invoker.invoke(invocation).addCallback(self._respond, request)
+        result = self._invoker.invoke(invocation)
+        if recording is not None:
+            result.addCallback(recording.result)
+        return result.addCallback(self._respond, request)
+
+    def refused_by_channel(self, target: bytes, headers: Any) -> None:
+        """
+        The HTTP channel answered 413 to a request whose declared body was over
+        every limit, before it reached a route: count it if it was an
+        invocation of ours (C{target} is its request target, C{headers} its
+        C{Headers}).
+        """
+        path, _, query = target.partition(b"?")
+        name = _invoke_route_name(path)
+        if name is None:
+            return
+        if self._requests is not None:
+            try:
+                routed, _ = split_function_name(name, None)
+            except errors.APIError:
+                return
+            self._requests.answered(routed, TOO_LARGE, 0.0)
+            return
+        kind = _INVOCATION_TYPES.get(
+            _header_value(headers, b"x-amz-invocation-type") or "RequestResponse"
+        )
+        qualifier = None
+        for pair in query.split(b"&"):
+            key, _, value = pair.partition(b"=")
+            if key == b"Qualifier":
+                qualifier = unquote(value.decode("utf-8", "replace"))
+        try:
+            self._resolve(name, qualifier)
+        except errors.APIError:
+            return  # not this function's: a 404 had it been read
+        if kind is not None:
+            self._invocations.refused(kind, TOO_LARGE)
 
     # OpenFaaS watchdog emulation (ENABLE_OPENFAAS=true)
 
@@ -206,6 +311,7 @@ class InvokeAPI:
         assert function is not None
         payload = read_body(request, errors.MAX_SYNC_PAYLOAD)
         if payload is None:
+            self._invocations.refused(InvocationType.REQUEST_RESPONSE, TOO_LARGE)
             raise errors.request_too_large(errors.MAX_SYNC_PAYLOAD)
         now: float = self._reactor.seconds()
         invocation = Invocation(
@@ -297,6 +403,22 @@ _INVOCATIONS = b"/invocations"
 _INVOKE_METHODS = [b"POST"]
 
 
+def _invoke_route_name(path: bytes) -> str | None:
+    """The function name in an invoke route's path; None for any other path."""
+    if not (
+        path.startswith(_FUNCTIONS)
+        and path.endswith(_INVOCATIONS)
+        and len(path) > len(_FUNCTIONS) + len(_INVOCATIONS)
+    ):
+        return None
+    return unquote(path[len(_FUNCTIONS) : -len(_INVOCATIONS)].decode("utf-8", "replace"))
+
+
+def _header_value(headers: Any, name: bytes) -> str | None:
+    values = headers.getRawHeaders(name)
+    return values[0].decode("utf-8", "replace") if values else None
+
+
 class InvokeAPIResource(Resource):
     """
     The Invoke API as served: the invoke route, on every invocation's path, is
@@ -311,18 +433,17 @@ class InvokeAPIResource(Resource):
         self._api = api
         self._app = api.app.resource()
 
+    def refused(self, target: bytes, headers: Any) -> None:
+        """What L{QuietSite} calls when its channel answers 413 before any route."""
+        self._api.refused_by_channel(target, headers)
+
     def render(self, request: Request) -> Any:
-        path = request.path
-        if not (
-            path.startswith(_FUNCTIONS)
-            and path.endswith(_INVOCATIONS)
-            and len(path) > len(_FUNCTIONS) + len(_INVOCATIONS)
-        ):
+        name = _invoke_route_name(request.path)
+        if name is None:
             return self._app.render(request)
         try:
             if request.method not in _INVOKE_METHODS:
                 raise errors.invoke_method_not_allowed(["POST"])
-            name = unquote(path[len(_FUNCTIONS) : -len(_INVOCATIONS)].decode("utf-8", "replace"))
             answer = self._api.invoke(request, name)
         except Exception:
             return self._api.error_answer(request, Failure()) or b""

@@ -34,6 +34,7 @@ from .invocation import (
     Withdrawn,
 )
 from .logs import observer
+from .metrics import NO_INVOCATIONS, THROTTLED, UNAVAILABLE, InvocationObserver
 
 #: How long a runtime gets between SIGTERM and SIGKILL when it is stopped.
 KILL_GRACE = 2.0
@@ -67,8 +68,11 @@ class Pool:
         reactor: object,
         output: Callable[[bytes], None],
         environment_factory: EnvironmentFactory = ExecutionEnvironment,
+        metrics: InvocationObserver = NO_INVOCATIONS,
     ) -> None:
         self._config = config
+        #: Told every invocation's outcome (runs and refusals) and every init.
+        self._metrics = metrics
         self._function = config.function
         self._reactor = reactor
         self._output = output
@@ -101,6 +105,14 @@ class Pool:
     def queued(self) -> int:
         return len(self._queue)
 
+    def environment_states(self) -> dict[str, int]:
+        """How many environments are in each state (for the metrics gauge; safe from a thread)."""
+        counts: dict[str, int] = {}
+        for environment in tuple(self._environments.values()):  # one atomic copy
+            state = environment.state.value
+            counts[state] = counts.get(state, 0) + 1
+        return counts
+
     # IInvoker
 
     def invoke(self, invocation: Invocation) -> Deferred[Result]:
@@ -119,7 +131,9 @@ class Pool:
 
     def dry_run(self, invocation: Invocation) -> Deferred[None]:
         if self._stopping:
+            self._metrics.refused(invocation.invocation_type, UNAVAILABLE)
             return fail(ServiceUnavailable("the daemon is shutting down"))
+        self._metrics.dry_run()
         return succeed(None)
 
     def withdraw(self, invocation: Invocation) -> bool:
@@ -133,6 +147,7 @@ class Pool:
 
     def _submit(self, invocation: Invocation) -> _Job:
         if self._stopping:
+            self._metrics.refused(invocation.invocation_type, UNAVAILABLE)
             raise ServiceUnavailable("the daemon is shutting down")
         job = _Job(invocation)
         if self._expired(job):
@@ -141,6 +156,7 @@ class Pool:
         if environment is not None:
             self._run(environment, job)
         elif len(self._queue) >= self._config.max_queued:
+            self._metrics.refused(invocation.invocation_type, THROTTLED)
             raise TooManyRequests("all environments are busy and the queue is full")
         else:
             self._queue.append(job)
@@ -192,15 +208,15 @@ class Pool:
         if deadline is None or deadline > self._reactor.seconds():  # type: ignore[attr-defined]
             return False
         if not job.result.called:
-            job.result.callback(
-                Result(
-                    outcome=Outcome.TIMEOUT,
-                    body=errors.timed_out_body(job.invocation.request_id, self._function.timeout),
-                    request_id=job.invocation.request_id,
-                    executed_version=self._function.version,
-                    error_type="Sandbox.Timedout",
-                )
+            result = Result(
+                outcome=Outcome.TIMEOUT,
+                body=errors.timed_out_body(job.invocation.request_id, self._function.timeout),
+                request_id=job.invocation.request_id,
+                executed_version=self._function.version,
+                error_type="Sandbox.Timedout",
             )
+            self._metrics.ran(job.invocation, result, False)
+            job.result.callback(result)
         return True
 
     def _timed_out(self, environment: ExecutionEnvironment, job: _Job) -> None:
@@ -247,6 +263,7 @@ class Pool:
         if self._config.print_reports or invocation.tail_log:
             self._add_log_and_reports(environment, invocation, result, delivered)
         if not job.result.called:
+            self._metrics.ran(invocation, result, delivered)
             job.result.callback(result)
         if self._drained is not None:
             self._check_drained()
@@ -276,8 +293,10 @@ class Pool:
 
     def environment_ready(self, environment: ExecutionEnvironment) -> None:
         init_timer = self._init_timers.pop(environment, None)
-        if init_timer is not None:
+        if init_timer is not None:  # its first GET /next: init is over
             init_timer.cancel()
+            if environment.init_duration is not None:
+                self._metrics.initialised(environment.init_duration)
         while self._queue:
             job = self._queue.popleft()
             if not self._expired(job):
@@ -472,6 +491,7 @@ class Pool:
         queued, self._queue = self._queue, deque()
         for job in queued:
             if not job.result.called:
+                self._metrics.refused(job.invocation.invocation_type, UNAVAILABLE)
                 job.result.errback(ServiceUnavailable("the daemon shut down first"))
         self._check_drained(force=True)
 

@@ -21,11 +21,12 @@ from .amqp.consumer import RPCConsumer
 from .amqp.parameters import parse_amqp_uri
 from .config import ConfigError, RapidConfig, endpoint_description, rapid_config
 from .invoke_api import InvokeAPI, InvokeAPIResource
+from .metrics import NO_INVOCATIONS, DaemonMetrics
 from .pool import Pool
 from .output import stdout_writer
 from .program import ProgramOptions, ProgramService, hide_environment
 from .reaper import orphan_reaper
-from .web import ListenerService, QuietSite, bounded_request
+from .web import ListenerService, QuietSite, bounded_request, metrics_listener
 
 SYNOPSIS = "[OPTIONS] [RUNTIME_COMMAND [ARG ...]]"
 
@@ -70,6 +71,8 @@ Environment variables (default in parentheses):
   AMQP_USERNAME, AMQP_PASSWORD     credentials missing from AMQP_URI (unset)
   AMQP_PREFETCH                    unacknowledged deliveries (5 x MAX_CONCURRENCY)
   ENABLE_OPENFAAS                  true: also serve the OpenFaaS watchdog routes (false)
+  METRICS_PORT                     serve GET /metrics (Prometheus), /healthz and
+                                   /readyz on INVOKE_API_HOST:METRICS_PORT (unset: off)
 
 Examples:
   lambda-rapid python3 -m awslambdaric echo.handler
@@ -176,14 +179,23 @@ class RapidService(MultiService):
         self.consumer: RPCConsumer | None = None
         self.amqp: AMQPConnectionService | None = None
         self.listener: ListenerService | None = None
+        #: With METRICS_PORT: the daemon's metrics and their listener.
+        self.metrics: DaemonMetrics | None = None
+        self.metrics_listener: ListenerService | None = None
+
+    def not_ready(self) -> str | None:
+        """Why the daemon cannot take invocations now (None: it can), in one line."""
+        if not self.pool.accepting:
+            return "draining: the daemon is shutting down"
+        if not self.running:
+            return "not started"
+        if self.amqp is not None and not self.amqp.connected:
+            return "the AMQP broker is not connected"
+        return None
 
     def ready(self) -> bool:
         """Whether the daemon can take invocations: running, not draining, broker up if used."""
-        return (
-            bool(self.running)
-            and self.pool.accepting
-            and (self.amqp is None or self.amqp.connected)
-        )
+        return self.not_ready() is None
 
     def startService(self) -> None:
         config = self.config
@@ -217,14 +229,31 @@ def make_rapid_service(
     The daemon's services for C{config}, on C{reactor}, writing runtime output
     and reports to C{output}. Changes nothing process-wide: see L{makeService}.
     """
-    pool = Pool(config, reactor, output)
+    metrics = DaemonMetrics(config.function.name) if config.metrics_port is not None else None
+    observer = metrics if metrics is not None else NO_INVOCATIONS
+    pool = Pool(config, reactor, output, metrics=observer)
     service = RapidService(config, pool)
+    if metrics is not None and config.metrics_port is not None:
+        # The first child, so the last stopped; it answers throughout the drain.
+        service.metrics = metrics
+        # prometheus_client's resource is a WSGIResource on the global reactor
+        # and its thread pool: made here, in the wiring, and nowhere else.
+        from prometheus_client.twisted import MetricsResource
+
+        service.metrics_listener = metrics_listener(
+            reactor,
+            endpoint_description(config.invoke_host, config.metrics_port),
+            MetricsResource(metrics.registry),
+            service.not_ready,
+        )
+        service.metrics_listener.setServiceParent(service)
     invoke_api = InvokeAPI(
         pool,
         reactor,
         config.function,
         openfaas=config.enable_openfaas,
         ready=service.ready,
+        invocations=observer,
     )
     site = QuietSite(
         InvokeAPIResource(invoke_api), bounded_request(errors.MAX_SYNC_PAYLOAD), reactor
@@ -235,9 +264,18 @@ def make_rapid_service(
     service.listener.setServiceParent(service)
     if config.amqp_uri is not None:
         service.amqp = AMQPConnectionService(parse_amqp_uri(config.amqp_uri), reactor)
-        service.consumer = RPCConsumer(pool, config.function, config.amqp_prefetch, reactor)
+        service.consumer = RPCConsumer(
+            pool, config.function, config.amqp_prefetch, reactor, metrics=observer
+        )
         service.amqp.add_user(service.consumer)
         service.amqp.setServiceParent(service)
+    if metrics is not None:
+        amqp = service.amqp
+        metrics.watch(
+            lambda: pool.queued,
+            pool.environment_states,
+            (lambda: amqp.connected) if amqp is not None else None,
+        )
     return service
 
 

@@ -17,9 +17,10 @@ from .amqp.invoker import AMQPInvoker
 from .amqp.parameters import parse_amqp_uri
 from .config import ConfigError, ServerConfig, endpoint_description, server_config
 from .invoke_api import InvokeAPI, InvokeAPIResource
+from .metrics import ServerMetrics
 from .output import stdout_writer
 from .program import ProgramOptions, ProgramService
-from .web import ListenerService, QuietSite, bounded_request
+from .web import ListenerService, QuietSite, bounded_request, metrics_listener
 
 SYNOPSIS = "[OPTIONS]"
 
@@ -40,6 +41,8 @@ Environment variables (default in parentheses):
   AMQP_USERNAME, AMQP_PASSWORD  credentials missing from AMQP_URI (unset)
   AWS_LAMBDA_FUNCTION_TIMEOUT   fail-safe seconds to wait for a reply (1800)
   AWS_REGION                    region in ARNs (us-east-1)
+  METRICS_PORT                  serve GET /metrics (Prometheus), /healthz and
+                                /readyz on INVOKE_API_HOST:METRICS_PORT (unset: off)
 
 Examples:
   AMQP_URI=amqp://guest:guest@localhost:5672/ lambda-server
@@ -70,16 +73,41 @@ class ServerService(MultiService):
     """The Lambda Server: its broker connection and its Invoke API listener."""
 
     listener: ListenerService | None = None
+    amqp: AMQPConnectionService | None = None
+    #: With METRICS_PORT: the server's metrics and their listener.
+    metrics: ServerMetrics | None = None
+    metrics_listener: ListenerService | None = None
+
+    def not_ready(self) -> str | None:
+        """Why the server cannot serve now (None: it can), in one line."""
+        if self.amqp is None or not self.amqp.connected:
+            return "the AMQP broker is not connected"
+        return None
 
 
 def make_server_service(config: ServerConfig, reactor: Any) -> ServerService:
     """The Lambda Server's services for C{config}, on C{reactor}; nothing process-wide."""
     service = ServerService()
+    if config.metrics_port is not None:
+        # A WSGIResource on the global reactor's thread pool: made here only.
+        from prometheus_client.twisted import MetricsResource
+
+        service.metrics = ServerMetrics()
+        service.metrics_listener = metrics_listener(
+            reactor,
+            endpoint_description(config.invoke_host, config.metrics_port),
+            MetricsResource(service.metrics.registry),
+            service.not_ready,
+        )
+        service.metrics_listener.setServiceParent(service)
     connection = AMQPConnectionService(parse_amqp_uri(config.amqp_uri), reactor)
+    service.amqp = connection
     invoker = AMQPInvoker(reactor, config.timeout)
     connection.add_user(invoker)
     connection.setServiceParent(service)
-    invoke_api = InvokeAPI(invoker, reactor, region=config.region)
+    if service.metrics is not None:
+        service.metrics.watch(lambda: invoker.pending, lambda: connection.connected)
+    invoke_api = InvokeAPI(invoker, reactor, region=config.region, requests=service.metrics)
     site = QuietSite(
         InvokeAPIResource(invoke_api), bounded_request(errors.MAX_SYNC_PAYLOAD), reactor
     )

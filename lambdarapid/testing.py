@@ -302,6 +302,8 @@ class RunningDaemon:
         self._stop_outcome: object = _PENDING
         self._stop_waiters: list[Deferred[None]] = []
         self.port = config.port
+        #: With METRICS_PORT: where C{/metrics}, C{/healthz} and C{/readyz} are served.
+        self.metrics_url: str | None = None
 
     async def _start(self) -> None:
         listener = self.service.listener
@@ -315,6 +317,9 @@ class RunningDaemon:
         elif ":" in host:
             host = f"[{host}]"
         self.client.url = f"http://{host}:{self.port}"
+        if self.service.metrics_listener is not None:
+            metrics_port = await self.service.metrics_listener.listening
+            self.metrics_url = f"http://{host}:{cast(IPv4Address, metrics_port.getHost()).port}"
 
     # What the daemon wrote
 
@@ -428,9 +433,10 @@ class RunningDaemon:
         try:
             if self.service.running:
                 await self.service.stopService()
-            if self.service.listener is not None:
-                # Callers' keep-alive connections (boto3's) outlive the port.
-                await self.service.listener.close_connections()
+            for listener in (self.service.listener, self.service.metrics_listener):
+                if listener is not None:
+                    # Callers' keep-alive connections (boto3's) outlive the port.
+                    await listener.close_connections()
         finally:
             for _, waiting in list(self._output_waiters):
                 waiting.cancel()
@@ -453,7 +459,10 @@ async def start_daemon(
     (C{MAX_CONCURRENCY=4}, C{print_reports=True}); unknown names are a
     TypeError. The Invoke API listens on a free port on 127.0.0.1 and the
     runtimes' Runtime API on a free block of ports, unless C{PORT},
-    C{RUNTIME_API_PORT} or C{INVOKE_API_HOST} are given as settings.
+    C{RUNTIME_API_PORT} or C{INVOKE_API_HOST} are given as settings. With a
+    C{METRICS_PORT} setting the daemon also serves C{/metrics}, C{/healthz}
+    and C{/readyz}, at L{RunningDaemon.metrics_url}; C{METRICS_PORT=0} picks
+    a free port.
 
     A bad setting raises L{lambdarapid.config.ConfigError}, as the daemon
     would refuse to start. Runtimes are spawned on the first invocation.
@@ -463,6 +472,10 @@ async def start_daemon(
 
         reactor = global_reactor
     given = _settings_environ(settings)
+    #: METRICS_PORT=0: any free port, as for a listening socket.
+    pick_metrics_port = given.get("METRICS_PORT") == "0"
+    if pick_metrics_port:
+        del given["METRICS_PORT"]
     base = {key: value for key, value in (os.environ if environ is None else environ).items()}
     base.update(given)
     for attempt in range(_LISTEN_ATTEMPTS):
@@ -471,6 +484,8 @@ async def start_daemon(
             daemon_environ["INVOKE_API_HOST"] = _LOOPBACK
         if "PORT" not in given:
             daemon_environ["PORT"] = str(free_port())
+        if pick_metrics_port:
+            daemon_environ["METRICS_PORT"] = str(free_port())
         if "RUNTIME_API_PORT" not in given:
             # Validates every setting once with placeholder ports, and tells
             # how many Runtime API ports the block needs.
@@ -482,7 +497,11 @@ async def start_daemon(
         except BaseException as error:
             await daemon.stop()
             # The port picked was taken in the meantime: pick another.
-            retry = isinstance(error, CannotListenError) and "PORT" not in given
+            retry = (
+                isinstance(error, CannotListenError)
+                and "PORT" not in given
+                and "METRICS_PORT" not in given
+            )
             if retry and attempt < _LISTEN_ATTEMPTS - 1:
                 continue
             raise

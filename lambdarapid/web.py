@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import io
 import weakref
-from typing import Any, ClassVar
+from typing import Any, Callable, ClassVar
 
 from twisted.application.service import Service
 from twisted.internet.endpoints import serverFromString
@@ -25,7 +25,7 @@ from twisted.internet.interfaces import IListeningPort
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web.http import RESPONSES, HTTPChannel
-from twisted.web.resource import IResource
+from twisted.web.resource import IResource, Resource
 from twisted.web.server import Request, Site
 
 from . import errors
@@ -193,6 +193,11 @@ class QuietChannel(HTTPChannel):
         """Bytes of the current request's head twisted.web has counted."""
         return self._receivedHeaderSize
 
+    def _request_target(self) -> bytes:
+        """The current request's target (path and query), once its request line is read."""
+        target = getattr(self, "_path", b"")
+        return target if isinstance(target, bytes) else b""
+
     def _chunk_left(self) -> int:
         """What the current chunk of a chunked body still declares (0 between chunks)."""
         decoder = self._transferDecoder
@@ -223,6 +228,10 @@ class QuietChannel(HTTPChannel):
             return
         self.refused = error
         self.persistent = False
+        refused = getattr(getattr(self, "site", None), "refused", None)
+        if refused is not None and error.status == 413 and self.requests:
+            # An invocation refused before any route read it: counted all the same.
+            refused(self._request_target(), self.requests[-1].requestHeaders)
         self.clearLineBuffer()
         status = error.status
         head = [
@@ -264,6 +273,9 @@ class QuietSite(Site):
 
     noisy = False
     protocol = QuietChannel  # type: ignore[assignment]
+    #: Told (request target, headers) of each request its channels answered 413
+    #: before any resource saw it: the resource's own C{refused}, if it has one.
+    refused: Callable[[bytes, Any], None] | None = None
 
     def __init__(
         self,
@@ -271,6 +283,7 @@ class QuietSite(Site):
         request_class: type[Request] = BoundedRequest,
         reactor: Any = None,
     ):
+        self.refused = getattr(resource, "refused", None)
         super().__init__(
             resource,
             requestFactory=request_class,
@@ -381,6 +394,67 @@ class ListenerService(Service):
                 for protocol in self.connections():
                     protocol.transport.abortConnection()
             await deferLater(self._reactor, 0.01, lambda: None)
+
+
+class HealthResource(Resource):
+    """
+    The metrics listener's root: C{/healthz} (200 while the process runs),
+    C{/readyz} (200 when C{not_ready()} is None, else 503 with its one-line
+    reason), C{/metrics} (the child given), and 404 for anything else.
+    """
+
+    def __init__(self, metrics: IResource, not_ready: Callable[[], str | None]) -> None:
+        super().__init__()
+        self._not_ready = not_ready
+        self.putChild(b"metrics", metrics)
+
+    def getChild(self, path: bytes, request: Any) -> Any:
+        if path in (b"healthz", b"readyz") and not request.postpath:
+            return _Health(path == b"readyz", self._not_ready)
+        return _Text(404, b"not found")
+
+    def render(self, request: Any) -> bytes:
+        return _Text(404, b"not found").render(request)
+
+
+class _Text(Resource):
+    isLeaf = True
+
+    def __init__(self, status: int, text: bytes) -> None:
+        super().__init__()
+        self._status = status
+        self._text = text
+
+    def render(self, request: Any) -> bytes:
+        request.setResponseCode(self._status)
+        request.setHeader(b"content-type", b"text/plain; charset=utf-8")
+        request.setHeader(b"cache-control", b"no-store")
+        return self._text + b"\n"
+
+
+class _Health(Resource):
+    isLeaf = True
+
+    def __init__(self, readiness: bool, not_ready: Callable[[], str | None]) -> None:
+        super().__init__()
+        self._readiness = readiness
+        self._not_ready = not_ready
+
+    def render_GET(self, request: Any) -> bytes:
+        reason = self._not_ready() if self._readiness else None
+        if reason is None:
+            return _Text(200, b"ok").render(request)
+        return _Text(503, reason.encode("utf-8")).render(request)
+
+    render_HEAD = render_GET
+
+
+def metrics_listener(
+    reactor: Any, description: str, metrics: IResource, not_ready: Callable[[], str | None]
+) -> ListenerService:
+    """The C{Metrics} listener: C{metrics} (prometheus_client's resource) under L{HealthResource}."""
+    site = QuietSite(HealthResource(metrics, not_ready), reactor=reactor)
+    return ListenerService(reactor, description, site, "Metrics")
 
 
 def listen_error_line(program: str, error: CannotListenError) -> str:

@@ -42,6 +42,7 @@ from ..invocation import (
     new_trace_id,
 )
 from ..logs import observer
+from ..metrics import NO_INVOCATIONS, TOO_LARGE, InvocationObserver
 from .connection import reconnect_if_closed
 from .messages import error_reply_properties, header_text, reply_properties
 
@@ -60,8 +61,17 @@ class RPCConsumer:
 
     log = Logger(observer=observer)
 
-    def __init__(self, invoker: IInvoker, function: Function, prefetch: int, reactor: Any) -> None:
+    def __init__(
+        self,
+        invoker: IInvoker,
+        function: Function,
+        prefetch: int,
+        reactor: Any,
+        metrics: InvocationObserver = NO_INVOCATIONS,
+    ) -> None:
         self._invoker = invoker
+        #: Told the requests refused here as too large (the pool counts the rest).
+        self._metrics = metrics
         self._function = function
         self._prefetch = prefetch
         self._reactor = reactor
@@ -212,6 +222,11 @@ class RPCConsumer:
         try:
             invocation = self._invocation(properties, body)
         except errors.APIError as error:
+            if error.status == 413:
+                self._metrics.refused(
+                    InvocationType.REQUEST_RESPONSE if properties.reply_to else InvocationType.EVENT,
+                    TOO_LARGE,
+                )
             self._refuse_request(channel, tag, properties, error)
             return
         except Exception:

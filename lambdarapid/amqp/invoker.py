@@ -82,6 +82,11 @@ class AMQPInvoker:
         self._startup_reroute_until = 0.0
         self._connection_waiters: list[Deferred[None]] = []
 
+    @property
+    def pending(self) -> int:
+        """Requests published and waiting for their reply."""
+        return len(self._pending)
+
     # AMQPUser
 
     async def connected(self, connection: Any) -> None:
