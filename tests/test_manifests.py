@@ -35,6 +35,12 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 KUBERNETES = os.path.join(ROOT, "examples", "kubernetes")
 KIND_LAMBDA = os.path.join(KUBERNETES, "kind-lambda")
 KIND_OPENFAAS = os.path.join(KUBERNETES, "kind-openfaas")
+#: The Prometheus Operator overlay of kind-lambda.
+KIND_LAMBDA_PROMETHEUS = os.path.join(KIND_LAMBDA, "prometheus")
+#: YAML files that are kustomize patches (JSON 6902 operations), not objects.
+PATCH_FILES = frozenset({"keda-prometheus.yaml"})
+#: The metrics listener's health routes (METRICS_PORT).
+HEALTH_ROUTES = frozenset({"/healthz", "/readyz"})
 ECHO_PY = os.path.join(ROOT, "examples", "echo", "python", "echo.py")
 BIN = os.path.dirname(sys.executable)
 
@@ -554,7 +560,7 @@ class YamlTests(SynchronousTestCase):
     def test_every_kubernetes_object_is_named(self) -> None:
         """Every Kubernetes object has apiVersion, kind and metadata.name."""
         for path in yaml_files():
-            if os.path.basename(path) in ("kustomization.yaml", "stack.yml"):
+            if os.path.basename(path) in {"kustomization.yaml", "stack.yml"} | PATCH_FILES:
                 continue
             for document in documents(path):
                 where = f"{os.path.relpath(path, ROOT)}: {document.get('kind')}"
@@ -570,7 +576,7 @@ class YamlTests(SynchronousTestCase):
         manifests = {
             os.path.basename(p)
             for p in yaml_files(KIND_LAMBDA)
-            if not p.endswith("kustomization.yaml")
+            if not p.endswith("kustomization.yaml") and os.path.dirname(p) == KIND_LAMBDA
         }
         self.assertEqual(set(listed), manifests)
 
@@ -636,7 +642,7 @@ class KindLambdaTests(SynchronousTestCase):
         for _, container in lambdarapid_containers(self.objects, "server"):
             server_config(container_environ(container, self.objects))
         self.assertEqual(self.config.function.name, "echo")
-        self.assertTrue(self.config.enable_openfaas)
+        self.assertIsNotNone(self.config.metrics_port)
         self.assertIsNotNone(self.config.amqp_uri)
         self.assertGreater(self.config.max_concurrency, 1)
 
@@ -649,7 +655,7 @@ class KindLambdaTests(SynchronousTestCase):
         )
 
     def test_ports_and_probes(self) -> None:
-        """Container ports equal PORT; probes reach it; the function's HTTP probes are watchdog routes."""
+        """Container ports are PORT and METRICS_PORT; HTTP probes are health routes on METRICS_PORT (or watchdog routes)."""
         for wanted in ("daemon", "server"):
             for _, container in lambdarapid_containers(self.objects, wanted):
                 environ = container_environ(container, self.objects)
@@ -657,7 +663,7 @@ class KindLambdaTests(SynchronousTestCase):
                     self.config if wanted == "daemon" else server_config(environ)
                 )
                 ports = [p["containerPort"] for p in container.get("ports", [])]
-                self.assertEqual(ports, [settings.port], container["name"])
+                self.assertEqual(ports, [settings.port, settings.metrics_port], container["name"])
                 self.assertIn("readinessProbe", container, container["name"])
                 for kind in ("readinessProbe", "livenessProbe", "startupProbe"):
                     probe = container.get(kind)
@@ -665,17 +671,36 @@ class KindLambdaTests(SynchronousTestCase):
                         continue
                     action = probe.get("httpGet") or probe.get("tcpSocket")
                     self.assertIsNotNone(action, f"{container['name']} {kind}: http or tcp only")
-                    self.assertEqual(resolve_port(container, action["port"]), settings.port)
-                    if "httpGet" in probe:
+                    port = resolve_port(container, action["port"])
+                    if "httpGet" in probe and probe["httpGet"]["path"] in HEALTH_ROUTES:
+                        self.assertEqual(port, settings.metrics_port, container["name"])
+                    elif "httpGet" in probe:
                         self.assertEqual(wanted, "daemon", "the server has no watchdog routes")
                         self.assertIn(probe["httpGet"]["path"], WATCHDOG_ROUTES)
                         self.assertTrue(self.config.enable_openfaas)
+                        self.assertEqual(port, settings.port)
+                    else:
+                        self.assertEqual(port, settings.port)
 
-    def test_function_readiness_is_the_ready_route(self) -> None:
-        """The function's readinessProbe is GET /_/ready; the server's is TCP on its port."""
-        self.assertEqual(self.container["readinessProbe"]["httpGet"]["path"], "/_/ready")
-        ((_, server),) = lambdarapid_containers(self.objects, "server")
-        self.assertIn("tcpSocket", server["readinessProbe"])
+    def test_probes_are_the_health_routes(self) -> None:
+        """Both containers' liveness is GET /healthz and readiness GET /readyz (a broker outage restarts nothing)."""
+        for wanted in ("daemon", "server"):
+            for _, container in lambdarapid_containers(self.objects, wanted):
+                self.assertEqual(container["livenessProbe"]["httpGet"]["path"], "/healthz")
+                self.assertEqual(container["readinessProbe"]["httpGet"]["path"], "/readyz")
+
+    def test_scrape_annotations_name_the_metrics_port(self) -> None:
+        """Each lambdarapid pod's prometheus.io annotations name METRICS_PORT and /metrics."""
+        for wanted in ("daemon", "server"):
+            for deployment, container in lambdarapid_containers(self.objects, wanted):
+                environ = container_environ(container, self.objects)
+                settings: RapidConfig | ServerConfig = (
+                    self.config if wanted == "daemon" else server_config(environ)
+                )
+                annotations = deployment["spec"]["template"]["metadata"]["annotations"]
+                self.assertEqual(annotations["prometheus.io/scrape"], "true")
+                self.assertEqual(annotations["prometheus.io/port"], str(settings.metrics_port))
+                self.assertEqual(annotations["prometheus.io/path"], "/metrics")
 
     def test_shutdown_fits_in_the_grace_period(self) -> None:
         """terminationGracePeriodSeconds exceeds SHUTDOWN_TIMEOUT, which covers the function timeout."""
@@ -1018,3 +1043,93 @@ class DockerfileTests(SynchronousTestCase):
         self.assertEqual(
             (second.stage, second.flags["from"], list(second.sources)), (1, "one", ["/x y"])
         )
+
+
+def prometheus_overlay() -> tuple[dict[str, Any], list[dict[str, Any]], list[Any]]:
+    """The overlay's kustomization, its own objects, and its patches (file, target) applied to nothing yet."""
+    overlay = kustomization(KIND_LAMBDA_PROMETHEUS)
+    objects: list[dict[str, Any]] = []
+    for resource in overlay["resources"]:
+        path = os.path.join(KIND_LAMBDA_PROMETHEUS, resource)
+        if not os.path.isdir(path):
+            objects += documents(path)
+    return overlay, objects, overlay.get("patches", [])
+
+
+class PrometheusOverlayTests(SynchronousTestCase):
+    """kind-lambda/prometheus: ServiceMonitors and KEDA's prometheus trigger, against the code."""
+
+    def setUp(self) -> None:
+        self.base = kind_lambda_objects()
+        self.overlay, self.objects, self.patches = prometheus_overlay()
+        self.deployment, self.container = function_container(self.base)
+        self.config = daemon_config(
+            container_environ(self.container, self.base), dockerfile_handler(KIND_LAMBDA)
+        )
+
+    def test_overlay_builds_on_the_example(self) -> None:
+        """The overlay's resources are the example itself and files that exist."""
+        resources = self.overlay["resources"]
+        self.assertIn("..", resources)
+        for resource in resources:
+            self.assertTrue(os.path.exists(os.path.join(KIND_LAMBDA_PROMETHEUS, resource)), resource)
+        listed = {r for r in resources if r != ".."} | {p["path"] for p in self.patches}
+        found = {
+            os.path.basename(p)
+            for p in yaml_files(KIND_LAMBDA_PROMETHEUS)
+            if not p.endswith("kustomization.yaml")
+        }
+        self.assertEqual(listed, found)
+
+    def test_service_monitors_reach_the_metrics_port(self) -> None:
+        """Each ServiceMonitor selects one Service whose named port leads to a lambdarapid container's METRICS_PORT."""
+        monitors = find(self.objects, "ServiceMonitor")
+        self.assertEqual(len(monitors), 2)
+        for monitor in monitors:
+            selector = monitor["spec"]["selector"]["matchLabels"]
+            (service,) = [
+                s
+                for s in find(self.base, "Service")
+                if selector.items() <= s["metadata"].get("labels", {}).items()
+            ]
+            (endpoint,) = monitor["spec"]["endpoints"]
+            self.assertEqual(endpoint["path"], "/metrics")
+            (port,) = [p for p in service["spec"]["ports"] if p["name"] == endpoint["port"]]
+            (deployment,) = [
+                d
+                for d in find(self.base, "Deployment")
+                if service["spec"]["selector"].items()
+                <= d["spec"]["template"]["metadata"]["labels"].items()
+            ]
+            (container,) = pod_spec(deployment)["containers"]
+            environ = container_environ(container, self.base)
+            self.assertEqual(resolve_port(container, port["targetPort"]), int(environ["METRICS_PORT"]))
+
+    def test_keda_prometheus_trigger(self) -> None:
+        """The patch swaps the echo ScaledObject's trigger for prometheus: real families, its job, MAX_CONCURRENCY per pod."""
+        (patch,) = self.patches
+        self.assertEqual(patch["target"]["kind"], "ScaledObject")
+        self.assertEqual(patch["target"]["name"], the(self.base, "ScaledObject", "echo")["metadata"]["name"])
+        (operations,) = documents(os.path.join(KIND_LAMBDA_PROMETHEUS, patch["path"]))
+        (operation,) = operations
+        self.assertEqual((operation["op"], operation["path"]), ("replace", "/spec/triggers"))
+        (trigger,) = operation["value"]
+        self.assertEqual(trigger["type"], "prometheus")
+        metadata = trigger["metadata"]
+        self.assertNotIn("metricName", metadata, "gone since KEDA 2.12")
+        self.assertEqual(urlsplit(metadata["serverAddress"]).scheme, "http")
+        self.assertEqual(int(metadata["threshold"]), self.config.max_concurrency)
+        query = metadata["query"]
+        from lambdarapid.metrics import STATES, DaemonMetrics
+
+        recorder = DaemonMetrics("echo")
+        recorder.watch(lambda: 0, lambda: {})
+        exported = {
+            family.name for family in recorder.registry.collect()
+        }
+        for name in re.findall(r"(lambdarapid_[a-z_]+)\{", query):
+            self.assertIn(name, exported)
+        for state in re.findall(r'state="([a-z]+)"', query):
+            self.assertIn(state, STATES)
+        # The job is the Service the ServiceMonitor scrapes: the Deployment's name.
+        self.assertEqual(set(re.findall(r'job="([^"]+)"', query)), {self.deployment["metadata"]["name"]})
