@@ -19,6 +19,8 @@ given as a ratio against the baseline:
   validation  the Invoke API's JSON check of a 1 MB payload, timed in this
               process, as a share of the daemon's CPU per 1 MB invocation
   profile     (opt-in) py-spy on the daemon under load, grouped by module
+  metrics     (opt-in) the daemon's CPU per invocation with METRICS_PORT set
+              against unset, two daemons in the same run, measured in turn
 
 Throughput uses wrk (one thread) when it is installed, else a Python asyncio
 load generator in its own process; the output says which. Results are printed
@@ -27,6 +29,7 @@ as tables and written as JSON (benchmarks/results/daemon-<timestamp>.json).
     python benchmarks/bench_daemon.py              # everything but profile, ~3 min
     python benchmarks/bench_daemon.py --quick      # ~1 min smoke run
     python benchmarks/bench_daemon.py --sections profile --profile-seconds 10
+    python benchmarks/bench_daemon.py --sections metrics --metrics-rounds 5
 """
 
 from __future__ import annotations
@@ -61,7 +64,7 @@ HOST = "127.0.0.1"
 INVOKE_PATH = "/2015-03-31/functions/function/invocations"
 BASELINE_PATH = "/echo"
 CLK_TCK = os.sysconf("SC_CLK_TCK")
-ALL_SECTIONS = ("latency", "throughput", "coldstart", "validation", "profile")
+ALL_SECTIONS = ("latency", "throughput", "coldstart", "validation", "profile", "metrics")
 DEFAULT_SECTIONS = ("latency", "throughput", "coldstart", "validation")
 
 
@@ -421,7 +424,7 @@ def daemon_command() -> list[str]:
     return [sys.executable, "-c", "import sys; from lambdarapid.scripts import rapid; rapid(sys.argv[1:])"]
 
 
-def make_daemon(max_concurrency: int, logdir: Path) -> Server:
+def make_daemon(max_concurrency: int, logdir: Path, metrics: bool = False) -> Server:
     port = free_port_block(1)
     runtime_port = free_port_block(max_concurrency)
     env = {k: v for k, v in os.environ.items() if not k.startswith(("AMQP_", "ENABLE_OPENFAAS"))}
@@ -434,8 +437,75 @@ def make_daemon(max_concurrency: int, logdir: Path) -> Server:
         AWS_LAMBDA_FUNCTION_TIMEOUT="30",
         PRINT_REPORTS="false",
     )
+    env.pop("METRICS_PORT", None)
+    name = f"daemon-mc{max_concurrency}"
+    if metrics:
+        env["METRICS_PORT"] = str(free_port_block(1))
+        name += "+metrics"
     argv = daemon_command() + [sys.executable, "-m", "awslambdaric", "echo.handler"]
-    return Server(f"daemon-mc{max_concurrency}", argv, INVOKE_PATH, env, ECHO_DIR, logdir, port)
+    return Server(name, argv, INVOKE_PATH, env, ECHO_DIR, logdir, port)
+
+
+def scrape_invocations(server: Server) -> float:
+    """The daemon's lambdarapid_invocations_total over every label, from its /metrics."""
+    port = int(server.env["METRICS_PORT"])
+    with socket.create_connection((HOST, port), timeout=10) as connection:
+        connection.sendall(b"GET /metrics HTTP/1.0\r\nHost: x\r\n\r\n")
+        data = b""
+        while chunk := connection.recv(65536):
+            data += chunk
+    total = 0.0
+    for line in data.split(b"\r\n\r\n", 1)[1].decode().splitlines():
+        if line.startswith("lambdarapid_invocations_total{"):
+            total += float(line.rsplit(" ", 1)[1])
+    return total
+
+
+def measure_metrics_overhead(args: argparse.Namespace, loadgen: Wrk | PyLoad, body_file: Path,
+                             logdir: Path) -> dict[str, Any]:
+    """
+    The daemon's CPU per small invocation with METRICS_PORT unset and set:
+    two daemons (MAX_CONCURRENCY as the first --max-concurrency) running at
+    once, measured in turn (order swapped every round) at
+    --metrics-connections, so that drifts of the machine fall on both. The
+    figure is the ratio of the medians; a scrape after each round checks the
+    metered daemon counted every invocation.
+    """
+    mc = args.max_concurrency[0]
+    plain, metered = make_daemon(mc, logdir), make_daemon(mc, logdir, metrics=True)
+    rows: dict[str, list[dict[str, Any]]] = {plain.name: [], metered.name: []}
+    counted = []
+    try:
+        for server in (plain, metered):
+            server.start()
+        conns = args.metrics_connections
+        for round_ in range(args.metrics_rounds):
+            order = (plain, metered) if round_ % 2 == 0 else (metered, plain)
+            for server in order:
+                row = least_disturbed(lambda: measure_throughput(
+                    server, loadgen, "small", body_file, conns, args.duration, max_requests=0,
+                    warmup=max(300, 20 * conns)), args, f"{server.name}: small x{conns}")
+                log(f"{server.name}: round {round_ + 1}: {fmt(row['server_cpu_us_per_req'], '.0f')} µs/req")
+                rows[server.name].append(row)
+            counted.append(scrape_invocations(metered))
+    finally:
+        plain.stop()
+        metered.stop()
+
+    def median_us(name: str) -> float | None:
+        values = [r["server_cpu_us_per_req"] for r in rows[name] if r["server_cpu_us_per_req"]]
+        return statistics.median(values) if values else None
+
+    off, on = median_us(plain.name), median_us(metered.name)
+    return dict(
+        max_concurrency=mc, connections=args.metrics_connections, rounds=args.metrics_rounds,
+        off_us_per_req=off, on_us_per_req=on,
+        ratio=on / off if on and off else None,
+        off_runs=[r["server_cpu_us_per_req"] for r in rows[plain.name]],
+        on_runs=[r["server_cpu_us_per_req"] for r in rows[metered.name]],
+        invocations_counted=counted,
+        rows=rows,
+    )
 
 
 def make_baseline(site: str, logdir: Path) -> Server:
@@ -1202,6 +1272,15 @@ def print_report(results: dict[str, Any]) -> None:
             print(f"{r['server']:<13}{fmt(r['median_listening_ms'], '.0f'):>11}{fmt(r['median_first_answer_ms'], '.0f'):>11}"
                   f"{fmt(ratio(r['median_first_answer_ms'], base and base['median_first_answer_ms'])):>7}   {runs}")
 
+    if results.get("metrics"):
+        m = results["metrics"]
+        print(f"\nMetrics overhead: daemon CPU per small invocation, MAX_CONCURRENCY={m['max_concurrency']},"
+              f" {m['connections']} connections, median of {m['rounds']} rounds")
+        print(f"  METRICS_PORT unset {fmt(m['off_us_per_req'], '.0f')} µs, set {fmt(m['on_us_per_req'], '.0f')} µs:"
+              f" ratio {fmt(m['ratio'], '.3f')} (target < 1.05)")
+        print(f"  runs unset {' '.join(fmt(x, '.0f') for x in m['off_runs'])};"
+              f" set {' '.join(fmt(x, '.0f') for x in m['on_runs'])}")
+
     if results.get("validation"):
         v = results["validation"]
         print(f"\nPayload validation, {v['payload_bytes']} byte JSON payload, median of {v['repeats']} calls in this process")
@@ -1301,6 +1380,10 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                    help="a point is disturbed when other processes took more than this %% of the machine")
     p.add_argument("--wait-idle", type=float, default=0,
                    help="wait up to this many seconds for the machine to be <15%% busy before starting")
+    p.add_argument("--metrics-rounds", type=int, default=3,
+                   help="metrics section: rounds, each measuring both daemons (%(default)s)")
+    p.add_argument("--metrics-connections", type=int, default=8,
+                   help="metrics section: keep-alive connections (%(default)s)")
     p.add_argument("--output", type=Path, default=None,
                    help="JSON file (default benchmarks/results/daemon-<timestamp>.json)")
     args = p.parse_args(argv)
@@ -1408,6 +1491,9 @@ def main(argv: list[str]) -> int:
             ]
             log(f"validation: check_payload {validation['check_payload_us']:.0f} µs on 1 MiB")
             results["validation"] = validation
+        if "metrics" in args.sections:
+            results["metrics"] = measure_metrics_overhead(args, loadgen, body_files["small"], logdir)
+            log(f"metrics: ratio {fmt(results['metrics']['ratio'], '.3f')}")
         if "profile" in args.sections:
             results["profile"] = run_profile(args, loadgen, body_files, logdir, output)
     finally:

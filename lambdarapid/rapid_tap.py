@@ -71,6 +71,9 @@ Environment variables (default in parentheses):
   AMQP_USERNAME, AMQP_PASSWORD     credentials missing from AMQP_URI (unset)
   AMQP_PREFETCH                    unacknowledged deliveries (5 x MAX_CONCURRENCY)
   ENABLE_OPENFAAS                  true: also serve the OpenFaaS watchdog routes (false)
+  AWS_LAMBDA_LOG_FORMAT            Text or JSON: Lambda's log format (Text)
+  AWS_LAMBDA_LOG_LEVEL             TRACE DEBUG INFO WARN ERROR FATAL: the function's
+                                   log level in JSON format (INFO)
   METRICS_PORT                     serve GET /metrics (Prometheus), /healthz and
                                    /readyz on INVOKE_API_HOST:METRICS_PORT (unset: off)
 

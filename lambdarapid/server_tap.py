@@ -41,6 +41,7 @@ Environment variables (default in parentheses):
   AMQP_USERNAME, AMQP_PASSWORD  credentials missing from AMQP_URI (unset)
   AWS_LAMBDA_FUNCTION_TIMEOUT   fail-safe seconds to wait for a reply (1800)
   AWS_REGION                    region in ARNs (us-east-1)
+  AWS_LAMBDA_LOG_FORMAT         Text or JSON: the server's log lines (Text)
   METRICS_PORT                  serve GET /metrics (Prometheus), /healthz and
                                 /readyz on INVOKE_API_HOST:METRICS_PORT (unset: off)
 
