@@ -42,7 +42,9 @@ from .metrics import (
     NO_INVOCATIONS,
     STATUS_OUTCOMES,
     SUCCESS,
+    THROTTLED,
     TOO_LARGE,
+    UNAVAILABLE,
     InvocationObserver,
     RequestObserver,
     result_outcome,
@@ -166,8 +168,10 @@ class InvokeAPI:
         requests: RequestObserver | None = None,
     ) -> None:
         self._invoker = invoker
-        #: The daemon's metrics: told the invocations refused here (413).
+        #: The daemon's metrics: told the invocations refused to HTTP callers
+        #: (413 here, 429 and 503 from the invoker) and the DryRuns answered.
         self._invocations = invocations
+        self._counting = invocations is not NO_INVOCATIONS
         #: The server's metrics: told every invoke request's answer (None: no timing at all).
         self._requests = requests
         self._reactor = reactor
@@ -246,16 +250,34 @@ class InvokeAPI:
         request.responseHeaders.setRawHeaders(
             b"x-amzn-requestid", [invocation.request_id.encode()]
         )
-        if invocation.invocation_type is InvocationType.DRY_RUN:
-            return self._invoker.dry_run(invocation).addCallback(self._empty, request, 204)
-        if invocation.invocation_type is InvocationType.EVENT:
-            return self._invoker.accept_event(invocation).addCallback(
-                self._empty, request, 202
-            )
+        kind = invocation.invocation_type
+        if kind is InvocationType.DRY_RUN:
+            checked = self._invoker.dry_run(invocation)
+            if self._counting:
+                checked.addCallbacks(self._dry_run_answered, self._count_refusal, errbackArgs=(kind,))
+            return checked.addCallback(self._empty, request, 204)
+        if kind is InvocationType.EVENT:
+            accepted = self._invoker.accept_event(invocation)
+            if self._counting:
+                accepted.addErrback(self._count_refusal, kind)
+            return accepted.addCallback(self._empty, request, 202)
         result = self._invoker.invoke(invocation)
         if recording is not None:
             result.addCallback(recording.result)
+        if self._counting:
+            result.addErrback(self._count_refusal, kind)
         return result.addCallback(self._respond, request)
+
+    def _dry_run_answered(self, _: object) -> None:
+        self._invocations.dry_run()
+
+    def _count_refusal(self, failure: Failure, kind: InvocationType) -> Failure:
+        """An invoker's refusal, about to be answered 429 or 503: counted as such."""
+        if failure.check(TooManyRequests):
+            self._invocations.refused(kind, THROTTLED)
+        elif failure.check(ServiceUnavailable):
+            self._invocations.refused(kind, UNAVAILABLE)
+        return failure
 
     def refused_by_channel(self, target: bytes, headers: Any) -> None:
         """
@@ -321,7 +343,10 @@ class InvokeAPI:
             trace_id=_header(request, b"x-amzn-trace-id") or new_trace_id(now),
             arrived=now,
         )
-        return self._invoker.invoke(invocation).addCallback(self._respond_openfaas, request)
+        result = self._invoker.invoke(invocation)
+        if self._counting:
+            result.addErrback(self._count_refusal, InvocationType.REQUEST_RESPONSE)
+        return result.addCallback(self._respond_openfaas, request)
 
     def _require_openfaas(self) -> None:
         if not self._openfaas:

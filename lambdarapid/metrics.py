@@ -63,8 +63,9 @@ STATUS_OUTCOMES = {404: NOT_FOUND, 413: TOO_LARGE, 429: THROTTLED, 503: UNAVAILA
 
 class InvocationObserver:
     """
-    What the daemon's pool and transports report about invocations. This base
-    counts nothing: it is the pool's default.
+    What the daemon reports about invocations: the pool each run's end, the
+    transports what they refuse (they answer it). This base counts nothing:
+    it is the default.
     """
 
     def ran(self, invocation: Invocation, result: Result, delivered: bool) -> None:

@@ -26,6 +26,7 @@ from .environment import LOG_TAIL_BYTES, ExecutionEnvironment, EnvironmentOwner,
 from .invocation import (
     IInvoker,
     Invocation,
+    InvocationType,
     InvokeError,
     Outcome,
     Result,
@@ -34,7 +35,7 @@ from .invocation import (
     Withdrawn,
 )
 from .logs import observer
-from .metrics import NO_INVOCATIONS, THROTTLED, UNAVAILABLE, InvocationObserver
+from .metrics import NO_INVOCATIONS, UNAVAILABLE, InvocationObserver
 
 #: How long a runtime gets between SIGTERM and SIGKILL when it is stopped.
 KILL_GRACE = 2.0
@@ -71,7 +72,9 @@ class Pool:
         metrics: InvocationObserver = NO_INVOCATIONS,
     ) -> None:
         self._config = config
-        #: Told every invocation's outcome (runs and refusals) and every init.
+        #: Told every run's outcome and every init. Refusals are counted by the
+        #: transport that answers them: an AMQP delivery refused here is
+        #: requeued, not answered, and counted where it finally runs.
         self._metrics = metrics
         self._function = config.function
         self._reactor = reactor
@@ -131,9 +134,7 @@ class Pool:
 
     def dry_run(self, invocation: Invocation) -> Deferred[None]:
         if self._stopping:
-            self._metrics.refused(invocation.invocation_type, UNAVAILABLE)
             return fail(ServiceUnavailable("the daemon is shutting down"))
-        self._metrics.dry_run()
         return succeed(None)
 
     def withdraw(self, invocation: Invocation) -> bool:
@@ -147,7 +148,6 @@ class Pool:
 
     def _submit(self, invocation: Invocation) -> _Job:
         if self._stopping:
-            self._metrics.refused(invocation.invocation_type, UNAVAILABLE)
             raise ServiceUnavailable("the daemon is shutting down")
         job = _Job(invocation)
         if self._expired(job):
@@ -156,7 +156,6 @@ class Pool:
         if environment is not None:
             self._run(environment, job)
         elif len(self._queue) >= self._config.max_queued:
-            self._metrics.refused(invocation.invocation_type, THROTTLED)
             raise TooManyRequests("all environments are busy and the queue is full")
         else:
             self._queue.append(job)
@@ -179,6 +178,9 @@ class Pool:
         )
 
     def _event_failed(self, failure: Failure) -> None:
+        if failure.check(ServiceUnavailable):
+            # Accepted (202), then dropped by the shutdown: nobody else hears of it.
+            self._metrics.refused(InvocationType.EVENT, UNAVAILABLE)
         if failure.check(InvokeError):
             self.log.warn("Event invocation not run: {error}", error=failure.value)
         else:
@@ -491,7 +493,6 @@ class Pool:
         queued, self._queue = self._queue, deque()
         for job in queued:
             if not job.result.called:
-                self._metrics.refused(job.invocation.invocation_type, UNAVAILABLE)
                 job.result.errback(ServiceUnavailable("the daemon shut down first"))
         self._check_drained(force=True)
 

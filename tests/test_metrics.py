@@ -10,11 +10,15 @@ local RabbitMQ, scraped over real HTTP.
 from __future__ import annotations
 
 import socket
+from types import SimpleNamespace
 from typing import Any, Mapping
 
+import pika
 from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 from twisted.internet import reactor as global_reactor
+from twisted.internet.defer import Deferred, fail
+from twisted.internet.task import Clock
 from twisted.internet.threads import deferToThread
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 from twisted.web.client import Agent, HTTPConnectionPool, readBody
@@ -28,7 +32,12 @@ from lambdarapid.invocation import (
     ServiceUnavailable,
     TooManyRequests,
 )
+from lambdarapid import errors
+from lambdarapid.amqp.consumer import RPCConsumer
+from lambdarapid.config import Function
+from lambdarapid.invoke_api import InvokeAPI, InvokeAPIResource
 from lambdarapid.metrics import DaemonMetrics, ServerMetrics
+from lambdarapid.web import QuietSite, bounded_request
 from lambdarapid.pool import Pool
 from lambdarapid.testing import RunningDaemon, free_port
 
@@ -42,8 +51,11 @@ from .amqp_support import (
     runtime_environ,
     within,
 )
-from .fakes import fake_process_reactor, make_config
-from .runtimes import function_environ, python_runtime, start_python
+from .fakes import InMemoryHTTP, fake_process_reactor, make_config
+from .runtimes import start_python
+from .test_amqp_units import FUNCTION, FakeConnection
+from .test_amqp_units import FakeInvoker as ConsumerInvoker
+from .test_invoke_api import FakeInvoker
 
 Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
 
@@ -237,29 +249,21 @@ class PoolRecordingTests(SynchronousTestCase):
         self.assertEqual(self.count("RequestResponse", "timeout"), 1.0)
         self.assertAlmostEqual(self.found("lambdarapid_invocation_duration_seconds_sum", function="echo") or 0, 3.0)
 
-    def test_refusals(self) -> None:
-        """A full queue counts throttled, a drain unavailable, by type; a DryRun success or unavailable."""
-        pool = self.make_pool(max_queued=1)
+    def test_refusals_are_not_the_pools_to_count(self) -> None:
+        """The pool counts no 429 or 503 (its transport answers those), only an accepted Event the shutdown dropped."""
+        pool = self.make_pool(max_queued=2)
         queued = pool.invoke(Invocation(payload=b"{}"))
-        self.failureResultOf(
-            pool.accept_event(Invocation(payload=b"{}", invocation_type=InvocationType.EVENT)),
-            TooManyRequests,
-        )
-        self.assertEqual(self.count("Event", "throttled"), 1.0)
-        self.successResultOf(pool.dry_run(Invocation(payload=b"{}", invocation_type=InvocationType.DRY_RUN)))
-        self.assertEqual(self.count("DryRun", "success"), 1.0)
+        accepted = pool.accept_event(Invocation(payload=b"{}", invocation_type=InvocationType.EVENT))
+        self.successResultOf(accepted)
+        self.failureResultOf(pool.invoke(Invocation(payload=b"{}")), TooManyRequests)
+        self.assertEqual(self.count("RequestResponse", "throttled"), 0.0)
         pool.stop()
         self.failureResultOf(pool.invoke(Invocation(payload=b"{}")), ServiceUnavailable)
-        self.failureResultOf(
-            pool.dry_run(Invocation(payload=b"{}", invocation_type=InvocationType.DRY_RUN)),
-            ServiceUnavailable,
-        )
-        self.assertEqual(self.count("RequestResponse", "unavailable"), 1.0)
-        self.assertEqual(self.count("DryRun", "unavailable"), 1.0)
+        self.assertEqual(self.count("RequestResponse", "unavailable"), 0.0)
         pool.stop_now()
-        # The queued one, never run, was refused by the shutdown.
         self.failureResultOf(queued, ServiceUnavailable)
-        self.assertEqual(self.count("RequestResponse", "unavailable"), 2.0)
+        self.assertEqual(self.count("Event", "unavailable"), 1.0)
+        self.assertEqual(self.count("RequestResponse", "unavailable"), 0.0)
 
     def test_expired_deadline_is_a_timeout(self) -> None:
         """An invocation whose caller's deadline has passed is counted as a timeout, with no Duration."""
@@ -282,6 +286,111 @@ class PoolRecordingTests(SynchronousTestCase):
         self.assertIn(label, ("init_error", "runtime_exit"))
         self.assertEqual(self.count("RequestResponse", label), 1.0)
         self.assertEqual(self.found("lambdarapid_cold_starts_total"), 0.0)
+
+
+class InvokeAPIRecordingTests(SynchronousTestCase):
+    """What the daemon's Invoke API counts: the refusals it answers, and DryRuns."""
+
+    def setUp(self) -> None:
+        self.invoker = FakeInvoker()
+        self.recorder = DaemonMetrics("echo")
+        api = InvokeAPI(self.invoker, Clock(), Function(name="echo"), invocations=self.recorder)
+        site = QuietSite(InvokeAPIResource(api), bounded_request(errors.MAX_SYNC_PAYLOAD))
+        self.http = InMemoryHTTP(site)
+
+    def post(self, kind: str = "RequestResponse", body: bytes = b"{}", name: str = "echo") -> int:
+        reply = self.successResultOf(
+            self.http.request(
+                "POST",
+                f"/2015-03-31/functions/{name}/invocations",
+                body,
+                {"X-Amz-Invocation-Type": kind},
+            )
+        )
+        return reply.code
+
+    def count(self, kind: str, outcome: str) -> float | None:
+        return value(
+            registry_samples(self.recorder.registry),
+            "lambdarapid_invocations_total",
+            function="echo",
+            type=kind,
+            outcome=outcome,
+        )
+
+    def test_refusals_by_type(self) -> None:
+        """429 counts throttled, 503 unavailable, an oversized Event too_large, each under its type."""
+        self.invoker.answer = fail(TooManyRequests("full"))
+        self.assertEqual(self.post(), 429)
+        self.invoker.answer = fail(ServiceUnavailable("draining"))
+        self.assertEqual(self.post("Event"), 503)
+        self.invoker.answer = fail(ServiceUnavailable("draining"))
+        self.assertEqual(self.post("DryRun"), 503)
+        self.assertEqual(self.post("Event", b'"' + b"x" * 1_100_000 + b'"'), 413)
+        self.assertEqual(self.count("RequestResponse", "throttled"), 1.0)
+        self.assertEqual(self.count("Event", "unavailable"), 1.0)
+        self.assertEqual(self.count("DryRun", "unavailable"), 1.0)
+        self.assertEqual(self.count("Event", "too_large"), 1.0)
+
+    def test_dry_run_success_and_runs_not_counted_here(self) -> None:
+        """A 204 DryRun counts success; a run is the pool's to count, a 404 nobody's."""
+        self.assertEqual(self.post("DryRun"), 204)
+        self.assertEqual(self.post(), 200)
+        self.assertEqual(self.post(name="other"), 404)
+        self.assertEqual(self.count("DryRun", "success"), 1.0)
+        self.assertEqual(self.count("RequestResponse", "success"), 0.0)
+
+
+class ConsumerRecordingTests(SynchronousTestCase):
+    """What the daemon's AMQP consumer counts: the 413s it refuses, not the deliveries it requeues."""
+
+    def setUp(self) -> None:
+        self.clock = Clock()
+        self.invoker = ConsumerInvoker()
+        self.recorder = DaemonMetrics(FUNCTION.name)
+        self.consumer = RPCConsumer(
+            self.invoker, FUNCTION, prefetch=5, reactor=self.clock, metrics=self.recorder  # type: ignore[arg-type]
+        )
+        connection = FakeConnection()
+        self.successResultOf(Deferred.fromCoroutine(self.consumer.connected(connection)))
+        self.channel = connection.channels[0]
+        self.tags = 0
+
+    def deliver(self, body: bytes, reply_to: str | None = "reply-q") -> int:
+        """A delivery of C{body} on the consumed queue, as the broker makes it."""
+        self.tags += 1
+        self.channel.consumed[-1].put(
+            SimpleNamespace(
+                method=SimpleNamespace(delivery_tag=self.tags),
+                properties=pika.BasicProperties(correlation_id=f"id-{self.tags}", reply_to=reply_to),
+                body=body,
+            )
+        )
+        return self.tags
+
+    def count(self, kind: str, outcome: str) -> float | None:
+        return value(
+            registry_samples(self.recorder.registry),
+            "lambdarapid_invocations_total",
+            function=FUNCTION.name,
+            type=kind,
+            outcome=outcome,
+        )
+
+    def test_too_large_counted_by_type(self) -> None:
+        """An oversized request (error reply) and an oversized Event (dropped) each count too_large."""
+        self.deliver(b'"' + b"x" * errors.MAX_SYNC_PAYLOAD + b'"')
+        self.deliver(b'"' + b"x" * errors.MAX_ASYNC_PAYLOAD + b'"', reply_to=None)
+        self.assertEqual(self.count("RequestResponse", "too_large"), 1.0)
+        self.assertEqual(self.count("Event", "too_large"), 1.0)
+
+    def test_requeued_delivery_not_counted(self) -> None:
+        """A delivery the pool has no room for goes back to the queue: no outcome yet, nothing counted."""
+        self.invoker._answer = lambda invocation: fail(TooManyRequests("full"))
+        self.deliver(b"{}")
+        self.clock.advance(5)
+        self.assertEqual(self.count("RequestResponse", "throttled"), 0.0)
+        self.assertEqual(self.channel.nacks, [(1, True)])
 
 
 def _result(outcome: Outcome) -> Result:
