@@ -254,7 +254,9 @@ class InvokeAPI:
         if kind is InvocationType.DRY_RUN:
             checked = self._invoker.dry_run(invocation)
             if self._counting:
-                checked.addCallbacks(self._dry_run_answered, self._count_refusal, errbackArgs=(kind,))
+                checked.addCallbacks(
+                    self._dry_run_answered, self._count_refusal, errbackArgs=(kind,)
+                )
             return checked.addCallback(self._empty, request, 204)
         if kind is InvocationType.EVENT:
             accepted = self._invoker.accept_event(invocation)

@@ -452,7 +452,7 @@ class _Health(Resource):
 def metrics_listener(
     reactor: Any, description: str, metrics: IResource, not_ready: Callable[[], str | None]
 ) -> ListenerService:
-    """The C{Metrics} listener: C{metrics} (prometheus_client's resource) under L{HealthResource}."""
+    """The C{Metrics} listener: C{metrics} (prometheus_client's) under L{HealthResource}."""
     site = QuietSite(HealthResource(metrics, not_ready), reactor=reactor)
     return ListenerService(reactor, description, site, "Metrics")
 

@@ -139,7 +139,10 @@ class DaemonMetricsTests(SynchronousTestCase):
         """Both daemon histograms have OBSERVABILITY.md's buckets, up to 900 s and +Inf."""
         recorder = DaemonMetrics("echo")
         found = registry_samples(recorder.registry)
-        for name in ("lambdarapid_invocation_duration_seconds", "lambdarapid_init_duration_seconds"):
+        for name in (
+            "lambdarapid_invocation_duration_seconds",
+            "lambdarapid_init_duration_seconds",
+        ):
             bounds = sorted(
                 float(dict(labels)["le"]) for sample, labels in found if sample == name + "_bucket"
             )
@@ -151,7 +154,13 @@ class DaemonMetricsTests(SynchronousTestCase):
         first.dry_run()
         found = registry_samples(second.registry)
         self.assertEqual(
-            value(found, "lambdarapid_invocations_total", function="a", type="DryRun", outcome="success"),
+            value(
+                found,
+                "lambdarapid_invocations_total",
+                function="a",
+                type="DryRun",
+                outcome="success",
+            ),
             0.0,
         )
 
@@ -180,7 +189,9 @@ class PoolRecordingTests(SynchronousTestCase):
         self.recorder = DaemonMetrics("echo")
 
     def make_pool(self, **settings: Any) -> Pool:
-        self.pool = Pool(make_config(**settings), self.reactor, lambda data: None, metrics=self.recorder)
+        self.pool = Pool(
+            make_config(**settings), self.reactor, lambda data: None, metrics=self.recorder
+        )
         self.recorder.watch(lambda: self.pool.queued, self.pool.environment_states)
         return self.pool
 
@@ -234,7 +245,9 @@ class PoolRecordingTests(SynchronousTestCase):
         self.assertEqual(self.count("Event", "function_error"), 1.0)
         self.assertEqual(self.found("lambdarapid_cold_starts_total"), 1.0)
         self.assertEqual(self.found("lambdarapid_init_duration_seconds_count"), 1.0)
-        self.assertEqual(self.found("lambdarapid_invocation_duration_seconds_count", function="echo"), 2.0)
+        self.assertEqual(
+            self.found("lambdarapid_invocation_duration_seconds_count", function="echo"), 2.0
+        )
 
     def test_timeout_counted_when_the_timer_fires(self) -> None:
         """A timeout is counted at exactly the function timeout, not before."""
@@ -247,13 +260,17 @@ class PoolRecordingTests(SynchronousTestCase):
         self.reactor.advance(0.1)
         self.assertEqual(self.successResultOf(result).outcome, Outcome.TIMEOUT)
         self.assertEqual(self.count("RequestResponse", "timeout"), 1.0)
-        self.assertAlmostEqual(self.found("lambdarapid_invocation_duration_seconds_sum", function="echo") or 0, 3.0)
+        self.assertAlmostEqual(
+            self.found("lambdarapid_invocation_duration_seconds_sum", function="echo") or 0, 3.0
+        )
 
     def test_refusals_are_not_the_pools_to_count(self) -> None:
         """The pool counts no 429 or 503 (its transport answers those), only an accepted Event the shutdown dropped."""
         pool = self.make_pool(max_queued=2)
         queued = pool.invoke(Invocation(payload=b"{}"))
-        accepted = pool.accept_event(Invocation(payload=b"{}", invocation_type=InvocationType.EVENT))
+        accepted = pool.accept_event(
+            Invocation(payload=b"{}", invocation_type=InvocationType.EVENT)
+        )
         self.successResultOf(accepted)
         self.failureResultOf(pool.invoke(Invocation(payload=b"{}")), TooManyRequests)
         self.assertEqual(self.count("RequestResponse", "throttled"), 0.0)
@@ -272,7 +289,9 @@ class PoolRecordingTests(SynchronousTestCase):
         result = pool.invoke(Invocation(payload=b"{}", deadline=5.0))
         self.assertEqual(self.successResultOf(result).outcome, Outcome.TIMEOUT)
         self.assertEqual(self.count("RequestResponse", "timeout"), 1.0)
-        self.assertEqual(self.found("lambdarapid_invocation_duration_seconds_count", function="echo"), 0.0)
+        self.assertEqual(
+            self.found("lambdarapid_invocation_duration_seconds_count", function="echo"), 0.0
+        )
 
     def test_init_error_counted(self) -> None:
         """A runtime that dies in init answers its invocation as init_error (or runtime_exit) and counts it."""
@@ -362,7 +381,9 @@ class ConsumerRecordingTests(SynchronousTestCase):
         self.channel.consumed[-1].put(
             SimpleNamespace(
                 method=SimpleNamespace(delivery_tag=self.tags),
-                properties=pika.BasicProperties(correlation_id=f"id-{self.tags}", reply_to=reply_to),
+                properties=pika.BasicProperties(
+                    correlation_id=f"id-{self.tags}", reply_to=reply_to
+                ),
                 body=body,
             )
         )
@@ -507,16 +528,17 @@ class DaemonEndToEndTests(TestCase):
         self.assertGreater(value(found, "lambdarapid_init_duration_seconds_sum") or 0, 0)
         self.assertEqual(value(found, "lambdarapid_queued_invocations"), 0)
         self.assertEqual(
-            {state: value(found, "lambdarapid_environments", state=state) for state in metrics.STATES},
+            {
+                state: value(found, "lambdarapid_environments", state=state)
+                for state in metrics.STATES
+            },
             {"starting": 0, "idle": 1, "busy": 0, "stopping": 0},
         )
         self.assertIsNone(value(found, "lambdarapid_amqp_connected"))
         self.assertGreater(value(found, "process_resident_memory_bytes") or 0, 0)
         self.assertIsNotNone(value(found, "process_cpu_seconds_total"))
         # No caller-typed name ever becomes a label value.
-        self.assertEqual(
-            {dict(labels).get("function") for _, labels in found} - {None}, {name}
-        )
+        self.assertEqual({dict(labels).get("function") for _, labels in found} - {None}, {name})
 
     async def test_health_and_404(self) -> None:
         """/healthz and /readyz answer 200 with text; any other path is 404; /metrics is the text format."""

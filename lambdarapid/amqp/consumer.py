@@ -223,10 +223,10 @@ class RPCConsumer:
             invocation = self._invocation(properties, body)
         except errors.APIError as error:
             if error.status == 413:
-                self._metrics.refused(
-                    InvocationType.REQUEST_RESPONSE if properties.reply_to else InvocationType.EVENT,
-                    TOO_LARGE,
-                )
+                kind = InvocationType.REQUEST_RESPONSE
+                if not properties.reply_to:
+                    kind = InvocationType.EVENT
+                self._metrics.refused(kind, TOO_LARGE)
             self._refuse_request(channel, tag, properties, error)
             return
         except Exception:
