@@ -174,6 +174,8 @@ def loopback(environ: Mapping[str, str], max_concurrency: int) -> dict[str, str]
         RUNTIME_API_PORT=str(free_port_block(max_concurrency)),
         INVOKE_API_HOST="127.0.0.1",
     )
+    if "METRICS_PORT" in local:
+        local["METRICS_PORT"] = str(free_port())
     if "AMQP_URI" in local:
         local["AMQP_URI"] = LOCAL_BROKER
     return local
@@ -190,20 +192,22 @@ async def http(method: bytes, url: str, body: bytes | None = None) -> tuple[int,
     return response.code, content
 
 
-async def until_ready(child: Child, port: int, timeout: float = 20.0) -> None:
-    """Poll GET /_/ready (the readinessProbe) until it answers 200."""
+async def until_ready(
+    child: Child, port: int, path: str = "/_/ready", timeout: float = 20.0
+) -> None:
+    """Poll GET C{path} (the readinessProbe) on C{port} until it answers 200."""
     deadline = time.monotonic() + timeout
     last: object = None
     while time.monotonic() < deadline and child.exit is None:
         try:
-            status, _ = await http(b"GET", f"http://127.0.0.1:{port}/_/ready")
+            status, _ = await http(b"GET", f"http://127.0.0.1:{port}{path}")
             if status == 200:
                 return
             last = status
         except ConnectError as error:
             last = error
         await sleep(0.1)
-    raise AssertionError(f"/_/ready never answered 200 (last: {last!r}); {child.describe()}")
+    raise AssertionError(f"{path} never answered 200 (last: {last!r}); {child.describe()}")
 
 
 def task_root(test: TestCase, folder: str) -> str:
@@ -243,7 +247,7 @@ class KindLambdaCommandTests(TestCase):
         grace = int(pod_spec(deployment).get("terminationGracePeriodSeconds", 30))
         return environ, name, grace
 
-    def start_function(self) -> tuple[Child, int, str, int]:
+    def start_function(self) -> tuple[Child, int, str, int, int]:
         """`lambda-rapid python3 -m awslambdaric echo.handler` in a copy of the task root."""
         environ, name, grace = self.function_environ()
         root = task_root(self, KIND_LAMBDA)
@@ -253,16 +257,17 @@ class KindLambdaCommandTests(TestCase):
             base_environ(LAMBDA_TASK_ROOT=root, **environ),
             cwd=root,
         )
-        return child, int(environ["PORT"]), name, grace
+        return child, int(environ["PORT"]), name, grace, int(environ["METRICS_PORT"])
 
-    async def test_function_command_is_ready_and_serves_the_watchdog_route(self) -> None:
-        """With echo.yaml's environment the daemon answers /_/ready 200 once on the broker, invokes via `/`, and exits 0 on SIGTERM within the grace period."""
-        child, port, name, grace = self.start_function()
-        await until_ready(child, port)
-        status, _ = await http(b"GET", f"http://127.0.0.1:{port}/_/health")
+    async def test_function_command_is_ready_and_serves_invocations(self) -> None:
+        """With echo.yaml's environment the daemon answers its probes (/readyz once on the broker, /healthz), invokes, and exits 0 on SIGTERM within the grace period."""
+        child, port, name, grace, metrics_port = self.start_function()
+        await until_ready(child, metrics_port, "/readyz")
+        status, _ = await http(b"GET", f"http://127.0.0.1:{metrics_port}/healthz")
         self.assertEqual(status, 200)
-        status, body = await http(b"POST", f"http://127.0.0.1:{port}/", b'{"via": "watchdog"}')
-        self.assertEqual((status, json.loads(body)), (200, {"via": "watchdog"}), child.describe())
+        status, text = await http(b"GET", f"http://127.0.0.1:{metrics_port}/metrics")
+        self.assertEqual(status, 200)
+        self.assertIn(b"lambdarapid_amqp_connected 1.0", text)
         client = InvokeClient(f"http://127.0.0.1:{port}")
         self.addCleanup(client.close)
         result = await client.invoke({"via": "invoke api"}, function_name=name)
@@ -273,13 +278,13 @@ class KindLambdaCommandTests(TestCase):
 
     async def test_lambda_server_command_invokes_the_function_over_amqp(self) -> None:
         """With lambda-server.yaml's environment `lambda-server` invokes the function by name over RabbitMQ (200, Event 202, unknown 404)."""
-        function, function_port, name, _ = self.start_function()
+        function, _, name, _, metrics_port = self.start_function()
         objects = kind_lambda_objects()
         ((_, container),) = lambdarapid_containers(objects, "server")
         environ = loopback(container_environ(container, objects), 1)
         environ.pop("RUNTIME_API_PORT")
         server = spawn(self, [LAMBDA_SERVER], base_environ(**environ), cwd=self.mktemp_dir())
-        await until_ready(function, function_port)
+        await until_ready(function, metrics_port, "/readyz")
         client = InvokeClient(f"http://127.0.0.1:{environ['PORT']}")
         self.addCleanup(client.close)
         result = await self.first_answer(server, client, {"via": "lambda-server"}, name)
