@@ -95,6 +95,17 @@ async def scrape(url: str) -> Samples:
     return samples(body.decode())
 
 
+
+def invocations_counted(recorder: Any, kind: str, outcome: str) -> float | None:
+    """The echo function's lambdarapid_invocations_total for C{kind} and C{outcome}."""
+    return value(
+        registry_samples(recorder.registry),
+        "lambdarapid_invocations_total",
+        function="echo",
+        type=kind,
+        outcome=outcome,
+    )
+
 class DaemonMetricsTests(SynchronousTestCase):
     """DaemonMetrics and ServerMetrics on their own."""
 
@@ -196,13 +207,7 @@ class PoolRecordingTests(SynchronousTestCase):
         return self.pool
 
     def count(self, kind: str, outcome: str) -> float | None:
-        return value(
-            registry_samples(self.recorder.registry),
-            "lambdarapid_invocations_total",
-            function="echo",
-            type=kind,
-            outcome=outcome,
-        )
+        return invocations_counted(self.recorder, kind, outcome)
 
     def found(self, name: str, **labels: str) -> float | None:
         return value(registry_samples(self.recorder.registry), name, **labels)
@@ -329,13 +334,7 @@ class InvokeAPIRecordingTests(SynchronousTestCase):
         return reply.code
 
     def count(self, kind: str, outcome: str) -> float | None:
-        return value(
-            registry_samples(self.recorder.registry),
-            "lambdarapid_invocations_total",
-            function="echo",
-            type=kind,
-            outcome=outcome,
-        )
+        return invocations_counted(self.recorder, kind, outcome)
 
     def test_refusals_by_type(self) -> None:
         """429 counts throttled, 503 unavailable, an oversized Event too_large, each under its type."""
