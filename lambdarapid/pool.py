@@ -209,15 +209,15 @@ class Pool:
         deadline = job.invocation.deadline
         if deadline is None or deadline > self._reactor.seconds():  # type: ignore[attr-defined]
             return False
+        result = Result(
+            outcome=Outcome.TIMEOUT,
+            body=errors.timed_out_body(job.invocation.request_id, self._function.timeout),
+            request_id=job.invocation.request_id,
+            executed_version=self._function.version,
+            error_type="Sandbox.Timedout",
+        )
+        self._metrics.ran(job.invocation, result, False)
         if not job.result.called:
-            result = Result(
-                outcome=Outcome.TIMEOUT,
-                body=errors.timed_out_body(job.invocation.request_id, self._function.timeout),
-                request_id=job.invocation.request_id,
-                executed_version=self._function.version,
-                error_type="Sandbox.Timedout",
-            )
-            self._metrics.ran(job.invocation, result, False)
             job.result.callback(result)
         return True
 
@@ -264,8 +264,9 @@ class Pool:
         )
         if self._config.print_reports or invocation.tail_log:
             self._add_log_and_reports(environment, invocation, result, delivered)
+        # Counted even when the caller has hung up (its Deferred was cancelled): it ran.
+        self._metrics.ran(invocation, result, delivered)
         if not job.result.called:
-            self._metrics.ran(invocation, result, delivered)
             job.result.callback(result)
         if self._drained is not None:
             self._check_drained()

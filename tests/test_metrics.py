@@ -212,6 +212,24 @@ class PoolRecordingTests(SynchronousTestCase):
     def found(self, name: str, **labels: str) -> float | None:
         return value(registry_samples(self.recorder.registry), name, **labels)
 
+    def test_run_counted_when_the_caller_hung_up(self) -> None:
+        """A run whose caller went away (its Deferred cancelled) still runs and is still counted, timeouts too."""
+        pool = self.make_pool(timeout=1.0)
+        self.reactor.advance(0)
+        gone = pool.invoke(Invocation(payload=b"{}"))
+        (environment,) = pool.environments
+        event = self.successResultOf(environment.next_invocation())
+        gone.cancel()
+        self.failureResultOf(gone)
+        environment.answer(event.request_id, Outcome.SUCCESS, b"1")
+        self.assertEqual(self.count("RequestResponse", "success"), 1.0)
+        environment.next_invocation()
+        late = pool.invoke(Invocation(payload=b"{}"))
+        late.cancel()
+        self.failureResultOf(late)
+        self.reactor.advance(1.0)
+        self.assertEqual(self.count("RequestResponse", "timeout"), 1.0)
+
     def test_run_counted_with_duration_init_and_cold_start(self) -> None:
         """A run is counted at its end with its REPORT Duration; its fresh environment's init and cold start once."""
         pool = self.make_pool()
