@@ -169,6 +169,11 @@ class QuietChannel(HTTPChannel):
             return
         super().rawDataReceived(data)
         if self.length is None:  # a chunked body is being read
+            if self._chunk_line_has_bare_lf():
+                # A chunk-size or trailer line ended by LF alone: twisted.web
+                # would wait for its CRLF until the idle timeout.
+                self.refuse(errors.malformed_request("Chunk lines must end with CRLF"))
+                return
             # A chunk declaring more than every limit is answered now too.
             left = self._chunk_left()
             limit = getattr(self.requestFactory, "max_body", None)
@@ -205,6 +210,16 @@ class QuietChannel(HTTPChannel):
             return 0
         left: int = decoder.length
         return left
+
+    def _chunk_line_has_bare_lf(self) -> bool:
+        """
+        Whether the chunk-size or trailer line the decoder waits on holds an LF:
+        it would have taken a CRLF at once, so that LF has no CR before it.
+        """
+        decoder = self._transferDecoder
+        if decoder is None or getattr(decoder, "state", None) not in ("CHUNK_LENGTH", "TRAILER"):
+            return False
+        return b"\n" in getattr(decoder, "_buffer", b"")
 
     def _respondToBadRequestAndDisconnect(self) -> None:
         # twisted.web's one hook for every other framing error (bad request

@@ -150,6 +150,13 @@ class MalformedRequestTests(RawSiteTestCase):
         responses = await self.exchange(b"GET / HTTP/1.1\nHost: x\r\n\r\n")
         self.assert_refused(responses, 400, "InvalidRequestContentException")
 
+    async def test_lf_line_endings_in_a_chunked_body(self) -> None:
+        """Chunk-size and trailer lines ended by LF alone are 400 at once, not a wait for the idle timeout."""
+        head = b"POST " + INVOKE + b" HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
+        for body in (b"2\n{}\n0\n\n", b"2\r\n{}\r\n0\n\n", b"2\r\n{}\r\n0\r\n\n"):
+            responses = await self.exchange(head + body)
+            self.assert_refused(responses, 400, "InvalidRequestContentException")
+
     async def test_huge_content_length(self) -> None:
         """A Content-Length over every limit is 413 at once, without waiting for the body."""
         responses = await self.exchange(
