@@ -13,11 +13,15 @@ lost, as Lambda drops logs rather than stall a function.
 
 from __future__ import annotations
 
+import json
 import os
 import select
+import sys
 import threading
+import time
 from collections import deque
-from typing import IO
+
+from .logs import iso_time
 
 #: How much output may wait for a slow reader before writes are dropped.
 DEFAULT_LIMIT = 4 * 1024 * 1024
@@ -31,8 +35,10 @@ class OutputWriter:
     C{limit} bytes for it; L{write} never blocks.
     """
 
-    def __init__(self, fd: int, limit: int = DEFAULT_LIMIT) -> None:
+    def __init__(self, fd: int, limit: int = DEFAULT_LIMIT, json_notices: bool = False) -> None:
         self._fd = fd
+        #: In JSON log format the drop notice is a JSON log record, like every line of ours.
+        self._json_notices = json_notices
         self._limit = limit
         self._queue: deque[bytes] = deque()
         self._queued = 0
@@ -104,12 +110,20 @@ class OutputWriter:
         return chunk
 
     def _dropped_notice(self) -> bytes:
-        notice = (
-            f"lambdarapid: dropped {self._dropped_lines} line(s) ({self._dropped_bytes} bytes) "
-            "of output: stdout was not read fast enough\n"
-        ).encode()
+        message = (
+            f"dropped {self._dropped_lines} line(s) ({self._dropped_bytes} bytes) "
+            "of output: stdout was not read fast enough"
+        )
         self._dropped_lines = self._dropped_bytes = 0
-        return notice
+        if self._json_notices:
+            record = {
+                "timestamp": iso_time(time.time()),
+                "level": "WARN",
+                "message": message,
+                "logger": "lambdarapid.output",
+            }
+            return (json.dumps(record) + "\n").encode()
+        return f"lambdarapid: {message}\n".encode()
 
     def _run(self) -> None:
         while True:
@@ -148,8 +162,6 @@ class TextOutput:
         """Writes are already on their way."""
 
 
-def stdout_writer(stream: IO[bytes] | None = None) -> OutputWriter:
-    """An L{OutputWriter} on our standard output."""
-    import sys
-
-    return OutputWriter((stream or sys.stdout.buffer).fileno())
+def stdout_writer(log_format: str = "Text") -> OutputWriter:
+    """An L{OutputWriter} on our standard output, its notices in C{log_format}."""
+    return OutputWriter(sys.stdout.buffer.fileno(), json_notices=log_format == "JSON")

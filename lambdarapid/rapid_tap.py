@@ -291,7 +291,7 @@ def makeService(options: Options, reactor: Any = None) -> ProgramService:
         from twisted.internet import reactor
     config: RapidConfig = options["config"]
     logs.set_level(config.log_level)
-    output = stdout_writer()
+    output = stdout_writer(config.log_format)
     daemon = make_rapid_service(config, reactor, output.write)
     if config.amqp_uri is not None:
         hide_environment()

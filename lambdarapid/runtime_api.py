@@ -458,6 +458,10 @@ class RuntimeAPIFactory(Factory):
 
     noisy = False
 
+    def logPrefix(self) -> str:
+        """What Twisted's port says it is starting: "Runtime API starting on 9001"."""
+        return "Runtime API"
+
     def __init__(self, environment: ExecutionEnvironment, clock: Any) -> None:
         self._api = RuntimeAPI(environment)
         self._clock = clock

@@ -126,4 +126,4 @@ def makeService(options: Options, reactor: Any = None) -> ProgramService:
     config: ServerConfig = options["config"]
     logs.set_level(config.log_level)
     server = make_server_service(config, reactor)
-    return ProgramService("lambda-server", server, stdout_writer())
+    return ProgramService("lambda-server", server, stdout_writer(config.log_format))

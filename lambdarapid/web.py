@@ -316,9 +316,14 @@ class QuietSite(Site):
 class _RecordingFactory(Factory):
     """Hands out the real factory's protocols, remembering each connection's."""
 
-    def __init__(self, factory: Any) -> None:
+    def __init__(self, factory: Any, name: str) -> None:
         self._factory = factory
+        self._name = name
         self.protocols: weakref.WeakSet[Any] = weakref.WeakSet()
+
+    def logPrefix(self) -> str:
+        """What Twisted's port says it is starting: "Invoke API starting on 8080"."""
+        return self._name
 
     def doStart(self) -> None:
         self._factory.doStart()
@@ -349,7 +354,7 @@ class ListenerService(Service):
     def __init__(self, reactor: Any, description: str, factory: Any, name: str) -> None:
         self._reactor = reactor
         self._endpoint = serverFromString(reactor, description)
-        self._factory = _RecordingFactory(factory)
+        self._factory = _RecordingFactory(factory, name)
         self._what = name
         #: Fires with the listening port once it listens.
         self.listening: Deferred[IListeningPort] = Deferred()
@@ -385,6 +390,8 @@ class ListenerService(Service):
     def stopService(self) -> Deferred[None]:
         super().stopService()
         self._tried = False
+        if self.listening.called:  # a restart listens anew
+            self.listening = Deferred()
         port, self.port = self.port, None
         if port is None:
             return succeed(None)

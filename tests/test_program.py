@@ -6,6 +6,7 @@ kept out of reprs, and service factories that leave the process alone.
 from __future__ import annotations
 
 import ctypes
+import json
 import os
 import signal
 import subprocess
@@ -13,7 +14,9 @@ import sys
 import time
 
 from twisted.internet import reactor
+from twisted.internet.protocol import Factory
 from twisted.internet.task import deferLater
+from twisted.internet.testing import MemoryReactorClock
 from twisted.logger import LogLevel
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
@@ -23,6 +26,7 @@ from lambdarapid.output import OutputWriter
 from lambdarapid.rapid_tap import make_rapid_service, rie_options
 from lambdarapid.server_tap import make_server_service
 from lambdarapid.testing import free_port, free_port_block
+from lambdarapid.web import ListenerService
 
 from .fakes import make_config
 
@@ -74,6 +78,20 @@ class OutputWriterTests(SynchronousTestCase):
         written = read_available(read_end, b"lambdarapid: dropped")
         self.assertRegex(written, rb"lambdarapid: dropped \d+ line\(s\) \(\d+ bytes\) of output")
 
+    def test_json_notice(self) -> None:
+        """In JSON log format the drop notice is a JSON log record, like every other line of ours."""
+        read_end, write_end = self.pipe()
+        self.addCleanup(os.close, write_end)
+        writer = OutputWriter(write_end, limit=100_000, json_notices=True)
+        self.addCleanup(writer.close, 0.1)
+        for _ in range(1000):
+            writer.write(b'{"level":"INFO","message":"' + b"z" * 980 + b'"}\n')
+        written = read_available(read_end, b"dropped")
+        (notice,) = [line for line in written.splitlines() if b"dropped" in line]
+        record = json.loads(notice)
+        self.assertEqual((record["level"], record["logger"]), ("WARN", "lambdarapid.output"))
+        self.assertRegex(record["message"], r"^dropped \d+ line\(s\)")
+
     def test_closed_reader(self) -> None:
         """A reader that went away (EPIPE) stops the writing, never the writer's caller."""
         read_end, write_end = os.pipe()
@@ -83,6 +101,21 @@ class OutputWriterTests(SynchronousTestCase):
         writer.close()
         writer.write(b"nor this\n")
         os.close(write_end)
+
+
+class ListenerServiceTests(SynchronousTestCase):
+    """L{ListenerService} on a memory reactor."""
+
+    def test_restart(self) -> None:
+        """Stopped and started again, it listens again and says so, with no error."""
+        memory = MemoryReactorClock()
+        listener = ListenerService(memory, "tcp:0:interface=127.0.0.1", Factory(), "Invoke API")
+        for _ in range(2):
+            listener.startService()
+            self.assertIsNotNone(self.successResultOf(listener.listening))
+            self.successResultOf(listener.stopService())
+        self.assertEqual(len(memory.tcpServers), 2)
+        self.assertEqual(self.flushLoggedErrors(), [])
 
 
 class RIEOptionsTests(SynchronousTestCase):
