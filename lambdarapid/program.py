@@ -31,7 +31,7 @@ from .web import listen_error_line
 PR_SET_DUMPABLE = 4
 
 #: What twisted.internet.tcp says about every port it opens and closes.
-_PORT_CHATTER = re.compile(r"^(\S+ starting on \d+|\(\w+ Port \d+ Closed\))$")
+_PORT_CHATTER = re.compile(r"^(.+ starting on \d+|\(\w+ Port \d+ Closed\))$")
 
 
 class ProgramOptions(usage.Options):
