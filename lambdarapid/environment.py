@@ -44,6 +44,10 @@ LOG_TAIL_BYTES = 4096
 MAX_LINE = 64 * 1024
 #: How long the output pipes of an exited runtime are read for its leftover children.
 ORPHAN_OUTPUT_GRACE = 1.0
+#: When what a runtime left is looked for a second time after its exit: one
+#: forked just before the exit may be mid-exec at the first look, its
+#: environment unreadable for that instant.
+LEFTOVER_SWEEP = 0.2
 #: How long a runtime that reported an init error gets to exit by itself.
 INIT_ERROR_EXIT_GRACE = 2.0
 #: The most reactor turns an answer waits for the runtime's output to be read.
@@ -157,6 +161,7 @@ class ExecutionEnvironment(ProcessProtocol):
         self._settle_turns = 0
         self._exited = False
         self._process_ended = False
+        self._sweep_call: IDelayedCall | None = None
         self._port_closed = False
         self._released: list[Deferred[None]] = []
         self._ended: list[Deferred[None]] = []
@@ -293,7 +298,7 @@ class ExecutionEnvironment(ProcessProtocol):
             waiters, self._released = self._released, []
             for waiter in waiters:
                 waiter.callback(None)
-        if self._gone(self._process_ended):
+        if self._gone(self._process_ended) and self._sweep_call is None:
             waiters, self._ended = self._ended, []
             for waiter in waiters:
                 waiter.callback(None)
@@ -496,6 +501,9 @@ class ExecutionEnvironment(ProcessProtocol):
         # What the runtime started goes with it (its children are no longer
         # its children: they were re-parented, so found by the marker).
         proctree.signal_marked(self._marker, signal.SIGKILL)
+        self._sweep_call = self._reactor.callLater(  # type: ignore[attr-defined]
+            LEFTOVER_SWEEP, self._sweep
+        )
         self.log.info(
             "runtime #{index} (pid {pid}) exited: {reason}", index=self.index, pid=self.pid, reason=why
         )
@@ -529,6 +537,12 @@ class ExecutionEnvironment(ProcessProtocol):
             self._output_closer = self._reactor.callLater(  # type: ignore[attr-defined]
                 ORPHAN_OUTPUT_GRACE, self._close_output
             )
+
+    def _sweep(self) -> None:
+        """Kill what the runtime left once more; the environment has ended only after this."""
+        self._sweep_call = None
+        proctree.signal_marked(self._marker, signal.SIGKILL)
+        self._check_done()
 
     def _close_output(self) -> None:
         """Stop reading pipes that processes the runtime left still hold, and kill those again."""

@@ -15,7 +15,7 @@ from twisted.logger import ILogObserver, LogEvent, LogLevel, formatEvent, global
 from twisted.trial.unittest import SynchronousTestCase
 
 from lambdarapid import environment as environment_module
-from lambdarapid.environment import ExecutionEnvironment, State
+from lambdarapid.environment import LEFTOVER_SWEEP, ExecutionEnvironment, State
 from lambdarapid.errors import APIError
 from lambdarapid.invocation import (
     Invocation,
@@ -522,6 +522,7 @@ class ExitTests(PoolTestCase):
                 "Runtime exited with error: exit status 3",
             },
         )
+        self.reactor.advance(LEFTOVER_SWEEP)  # the second look for what it left
         self.assertEqual(self.reactor.getDelayedCalls(), [])
         self.assertEqual(self.pool.environments, [])
 
@@ -791,6 +792,7 @@ class StopTests(PoolTestCase):
         self.assertEqual(self.process(environment).signals, [signal.SIGTERM])
         self.assertNoResult(stopped)
         self.process(environment).die(signal.SIGTERM)
+        self.reactor.advance(LEFTOVER_SWEEP)
         self.assertIsNone(self.successResultOf(stopped))
         self.assertEqual(self.reactor.getDelayedCalls(), [])
 
@@ -826,6 +828,7 @@ class StopTests(PoolTestCase):
             json.loads(self.successResultOf(running).body)["errorMessage"],
             f"RequestId: {invocation.request_id} Error: Runtime exited with error: signal: terminated",
         )
+        self.reactor.advance(LEFTOVER_SWEEP)
         self.assertIsNone(self.successResultOf(stopped))
         self.assertEqual(len(self.reactor.processes), 1)
 
@@ -837,6 +840,7 @@ class StopTests(PoolTestCase):
         self.assertEqual(self.process(environment).signals, [signal.SIGTERM])
         self.assertNoResult(stopped)
         self.process(environment).exit(0)
+        self.reactor.advance(LEFTOVER_SWEEP)
         self.successResultOf(stopped)
 
     def test_stop_twice(self) -> None:
@@ -845,6 +849,7 @@ class StopTests(PoolTestCase):
         environment = self.idle_environment()
         first, second = self.pool.stop(), self.pool.stop()
         self.process(environment).exit(0)
+        self.reactor.advance(LEFTOVER_SWEEP)
         self.successResultOf(first)
         self.successResultOf(second)
 
@@ -1033,6 +1038,8 @@ class EndedTests(PoolTestCase):
         process.exit(0, holding_pipes=True)
         self.assertNoResult(ended)
         process.close_pipes()
+        self.assertNoResult(ended)  # nor before the second look for what it left
+        self.reactor.advance(LEFTOVER_SWEEP)
         self.successResultOf(ended)
 
     def test_stop_waits_for_every_process_to_end(self) -> None:
@@ -1044,6 +1051,7 @@ class EndedTests(PoolTestCase):
         process.die(signal.SIGTERM, holding_pipes=True)
         self.assertNoResult(stopped)
         process.close_pipes()
+        self.reactor.advance(LEFTOVER_SWEEP)
         self.successResultOf(stopped)
         self.assertEqual(self.reactor.getDelayedCalls(), [])
 
