@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import base64
 import re
-from urllib.parse import unquote
+from urllib.parse import parse_qs, unquote
 from typing import Any, Callable
 
 from klein import Klein
@@ -302,11 +302,8 @@ class InvokeAPI:
         kind = _INVOCATION_TYPES.get(
             _header_value(headers, b"x-amz-invocation-type") or "RequestResponse"
         )
-        qualifier = None
-        for pair in query.split(b"&"):
-            key, _, value = pair.partition(b"=")
-            if key == b"Qualifier":
-                qualifier = unquote(value.decode("utf-8", "replace"))
+        qualifiers = parse_qs(query).get(b"Qualifier")
+        qualifier = qualifiers[0].decode("utf-8", "replace") if qualifiers else None
         try:
             self._resolve(name, qualifier)
         except errors.APIError:
@@ -385,6 +382,10 @@ class InvokeAPI:
     @app.handle_errors(Exception)
     def _app_error(self, request: IRequest, failure: Failure) -> bytes | None:
         """Klein's routing and route errors, answered by the one error path."""
+        return self.error_answer(request, failure)
+
+    def error_answer_for(self, failure: Failure, request: Any) -> bytes | None:
+        """L{error_answer}, its arguments in errback order."""
         return self.error_answer(request, failure)
 
     def error_answer(self, request: Any, failure: Failure) -> bytes | None:
@@ -474,19 +475,16 @@ class InvokeAPIResource(Resource):
             answer = self._api.invoke(request, name)
         except Exception:
             return self._api.error_answer(request, Failure()) or b""
-        gone: list[bool] = []
-
-        def hung_up(_: Failure) -> None:
-            gone.append(True)
-            answer.cancel()  # the invoker ignores it: the invocation runs on
-
-        request.notifyFinish().addErrback(hung_up)
-        answer.addErrback(lambda failure: self._api.error_answer(request, failure))
-        answer.addCallback(self._write, request, gone)
+        # Fires early only if the caller hangs up; the invoker ignores the
+        # cancel: the invocation runs on, as on AWS.
+        finished = request.notifyFinish()
+        finished.addErrback(lambda _: answer.cancel())
+        answer.addErrback(self._api.error_answer_for, request)
+        answer.addCallback(self._write, request, finished)
         return NOT_DONE_YET
 
     @staticmethod
-    def _write(body: bytes | None, request: Request, gone: list[bool]) -> None:
-        if body is not None and not gone:
+    def _write(body: bytes | None, request: Request, finished: Deferred[None]) -> None:
+        if body is not None and not finished.called:
             request.write(body)
             request.finish()
