@@ -212,3 +212,89 @@ RESPONSE_TOO_LARGE = function_error_body(
 
 #: The Runtime API's 202 body: always JSON (the .NET RIC crashes on an empty one).
 ACCEPTED = b'{"status":"OK"}'
+
+
+# The Extensions API (EXTENSIONS.md §2): every refusal is a 403 unless noted.
+
+
+def extension_error(error_type: str, message: str, status: int = 403) -> APIError:
+    """An Extensions API refusal: C{{"errorMessage", "errorType"}} and its status."""
+    return _runtime_error(status, error_type, message)
+
+
+def invalid_extension_name() -> APIError:
+    return extension_error("Extension.InvalidExtensionName", "Empty extension name")
+
+
+def invalid_event_type(event: str) -> APIError:
+    return extension_error("Extension.InvalidEventType", f"Invalid event type: {event}")
+
+
+def invalid_request_format(message: str) -> APIError:
+    return extension_error("InvalidRequestFormat", message)
+
+
+def invalid_extension_state(message: str) -> APIError:
+    return extension_error("Extension.InvalidExtensionState", message)
+
+
+def registration_closed() -> APIError:
+    return extension_error(
+        "Extension.RegistrationClosed", "Extension registration closed already"
+    )
+
+
+def too_many_extensions(limit: int) -> APIError:
+    return extension_error(
+        "Extension.TooManyExtensions", f"Too many extensions registered (the limit is {limit})"
+    )
+
+
+def missing_extension_identifier() -> APIError:
+    return extension_error(
+        "Extension.MissingExtensionIdentifier", "Missing Lambda-Extension-Identifier header"
+    )
+
+
+def invalid_extension_identifier(identifier: str) -> APIError:
+    return extension_error(
+        "Extension.InvalidExtensionIdentifier", f"Invalid extension identifier: {identifier!r}"
+    )
+
+
+def unknown_extension_identifier(identifier: str) -> APIError:
+    return extension_error(
+        "Extension.UnknownExtensionIdentifier", f"Unknown extension identifier: {identifier!r}"
+    )
+
+
+def missing_error_type_header() -> APIError:
+    return extension_error(
+        "Extension.MissingHeader", "Missing Lambda-Extension-Function-Error-Type header"
+    )
+
+
+# The Telemetry and Logs APIs (EXTENSIONS.md §4): the error types carry the API's name.
+
+
+def _subscription_error(status: int, error_type: str, message: str) -> APIError:
+    body = json.dumps({"errorType": error_type, "errorMessage": message}).encode()
+    return APIError(status, error_type, body)
+
+
+def subscription_invalid(api: str, message: str) -> APIError:
+    """400 for a bad subscription body: C{ValidationError} (Telemetry) or C{Logs.ValidationError}."""
+    error_type = "Logs.ValidationError" if api == "logs" else "ValidationError"
+    return _subscription_error(400, error_type, message)
+
+
+def subscription_closed(api: str) -> APIError:
+    """403 for a subscription after Init."""
+    prefix = "Logs" if api == "logs" else "Telemetry"
+    return _subscription_error(
+        403, f"{prefix}.SubscriptionClosed", "Subscriptions are accepted only during Init"
+    )
+
+
+#: The Telemetry and Logs APIs' 200 body: the JSON string "OK".
+SUBSCRIBED = b'"OK"'
