@@ -81,7 +81,12 @@ class Event:
         return "platform" if self.type.startswith("platform.") else self.type
 
     def encode(self) -> bytes:
-        return orjson.dumps({"time": self.time, "type": self.type, "record": self.record})
+        """The event as its subscribers read it; what JSON cannot say is written as text."""
+        document = {"time": self.time, "type": self.type, "record": self.record}
+        try:
+            return orjson.dumps(document, default=str, option=orjson.OPT_NON_STR_KEYS)
+        except orjson.JSONEncodeError:  # integers past 64 bits, for one
+            return json.dumps(document, default=str).encode()
 
 
 def logs_api_events(event: Event, schema: str) -> list[Event]:
@@ -181,12 +186,16 @@ def parse_subscription(api: str, extension: str, body: bytes) -> Subscription:
     for key, (lowest, highest, default) in BUFFERING.items():
         value = buffering.get(key, default)
         if isinstance(value, bool) or not isinstance(value, int) or not lowest <= value <= highest:
-            raise invalid(f"buffering.{key} must be an integer from {lowest} to {highest}, not {value!r}")
+            raise invalid(
+                f"buffering.{key} must be an integer from {lowest} to {highest}, not {value!r}"
+            )
         limits[key] = value
 
     destination = document.get("destination")
     if not isinstance(destination, dict):
-        raise invalid("destination must be an object with protocol HTTP and a URI, or TCP and a port")
+        raise invalid(
+            "destination must be an object with protocol HTTP and a URI, or TCP and a port"
+        )
     protocol = destination.get("protocol")
     uri = host = b""
     port = 0
@@ -214,9 +223,7 @@ def parse_subscription(api: str, extension: str, body: bytes) -> Subscription:
     )
 
 
-def _sandbox_uri(
-    uri: object, invalid: Callable[[str], errors.APIError]
-) -> tuple[bytes, bytes]:
+def _sandbox_uri(uri: object, invalid: Callable[[str], errors.APIError]) -> tuple[bytes, bytes]:
     """
     The loopback URI a destination inside the sandbox names, and its Host
     header: the listener is in this environment whatever name it used.
@@ -244,7 +251,7 @@ def _sandbox_uri(
 
 @implementer(IBodyProducer)
 class _BytesProducer:
-    """A request body already in memory (FileBodyProducer would need the global reactor's cooperator)."""
+    """A body already in memory (FileBodyProducer would use the global reactor's cooperator)."""
 
     def __init__(self, body: bytes) -> None:
         self.body = body
@@ -346,6 +353,18 @@ class _Subscriber:
             self._deliver()
         self._pump()
 
+    def replace(self, subscription: Subscription) -> None:
+        """New settings from a repeated subscription; a TCP connection elsewhere is dropped."""
+        old, self.subscription = self.subscription, subscription
+        if self._connection is not None and (subscription.protocol, subscription.port) != (
+            old.protocol,
+            old.port,
+        ):
+            transport = self._connection.transport
+            self._connection = None
+            if transport is not None:
+                transport.loseConnection()
+
     def close(self) -> Deferred[None]:
         """Give up: cancel timers and the delivery in flight, close the TCP connection."""
         for call in (self._timer, self._retry):
@@ -396,11 +415,14 @@ class _Subscriber:
 
     def _pump(self) -> None:
         """Send the next batch if one is due and nothing is in flight; else keep the timer."""
-        if self._in_flight is not None or not self._queue:
+        if not self._queue:
             return
         if not self._ready():
+            # The clock runs from the first event queued, even behind a batch in flight.
             if self._timer is None:
                 self._timer = self._reactor.callLater(self.subscription.timeout, self._timed_out)
+            return
+        if self._in_flight is not None:
             return
         batch: list[bytes] = []
         size = 0
@@ -552,11 +574,13 @@ class TelemetryHub:
         other = "logs" if api == "telemetry" else "telemetry"
         if (other, extension) in self._subscribers:
             name = "Logs API" if other == "logs" else "Telemetry API"
-            raise errors.subscription_invalid(api, f"{extension} is already subscribed to the {name}")
+            raise errors.subscription_invalid(
+                api, f"{extension} is already subscribed to the {name}"
+            )
         existing = self._subscribers.get((api, extension))
         if existing is not None:
             # Subscribing again replaces the settings; what is queued stays queued.
-            existing.subscription = subscription
+            existing.replace(subscription)
         else:
             subscriber = _Subscriber(self._reactor, self._agent, subscription, self._check_drained)
             self._subscribers[api, extension] = subscriber

@@ -291,11 +291,11 @@ class ValidationTests(HubCase):
     def test_other_api_conflict(self) -> None:
         """An extension subscribed to one API is refused by the other."""
         self.hub.subscribe("telemetry", "ext", body())
-        self.refused(body(schema=None), api="logs", contains="already subscribed to the Telemetry API")
-        self.hub.subscribe("logs", "other", body(schema=None))
-        error = self.assertRaises(
-            errors.APIError, self.hub.subscribe, "telemetry", "other", body()
+        self.refused(
+            body(schema=None), api="logs", contains="already subscribed to the Telemetry API"
         )
+        self.hub.subscribe("logs", "other", body(schema=None))
+        error = self.assertRaises(errors.APIError, self.hub.subscribe, "telemetry", "other", body())
         self.assertEqual(error.error_type, "ValidationError")
         self.assertIn(b"already subscribed to the Logs API", error.body)
 
@@ -306,7 +306,9 @@ class DestinationTests(HubCase):
     def test_sandbox_hosts(self) -> None:
         """Each of the five sandbox names is delivered to 127.0.0.1 with its port and path."""
         for i, host in enumerate(telemetry.SANDBOX_HOSTS):
-            self.hub.subscribe("telemetry", f"ext{i}", body(uri=f"http://{host}:{4243 + i}/p{i}?q=1"))
+            self.hub.subscribe(
+                "telemetry", f"ext{i}", body(uri=f"http://{host}:{4243 + i}/p{i}?q=1")
+            )
         self.hub.flush()
         uris = sorted(request.uri for request in self.agent.requests)
         self.assertEqual(uris, [b"http://127.0.0.1:%d/p%d?q=1" % (4243 + i, i) for i in range(5)])
@@ -337,7 +339,8 @@ class SubscriptionTests(HubCase):
         [event] = self.delivered()
         self.assertEqual(event["type"], "platform.telemetrySubscription")
         self.assertEqual(
-            event["record"], {"name": "ext", "state": "Subscribed", "types": ["platform", "function"]}
+            event["record"],
+            {"name": "ext", "state": "Subscribed", "types": ["platform", "function"]},
         )
 
     def test_resubscribe_replaces(self) -> None:
@@ -355,7 +358,9 @@ class SubscriptionTests(HubCase):
 
     def test_backlog_first(self) -> None:
         """A subscriber gets Init's earlier events first, platform.initStart leading."""
-        self.hub.platform("platform.initStart", {"initializationType": "on-demand", "phase": "init"})
+        self.hub.platform(
+            "platform.initStart", {"initializationType": "on-demand", "phase": "init"}
+        )
         self.hub.log_line("extension", b"starting")
         self.hub.subscribe("telemetry", "ext", body())
         self.hub.log_line("function", b"later")
@@ -366,7 +371,7 @@ class SubscriptionTests(HubCase):
         )
 
     def test_backlog_for_each_subscriber(self) -> None:
-        """A second subscriber in Init also gets the events from before the first one, by its types."""
+        """A second subscriber in Init also gets the events from before the first, by its types."""
         self.hub.platform("platform.initStart", {"phase": "init"})
         self.hub.log_line("function", b"one")
         self.hub.subscribe("telemetry", "first", body(uri="http://sandbox:1/"))
@@ -437,6 +442,14 @@ class EventTests(HubCase):
             [("function", "café \ufffd"), ("extension", {"level": "INFO", "message": "hi"})],
         )
 
+    def test_unusual_records(self) -> None:
+        """A record JSON cannot hold as is (integer keys, huge integers) is still delivered."""
+        self.hub.subscribe("telemetry", "ext", body(types=["function"]))
+        self.hub.log_line("function", {1: "one"})
+        self.hub.log_line("function", {"big": 2**70})
+        records = [event["record"] for event in self.delivered()]
+        self.assertEqual(records, [{"1": "one"}, {"big": 2**70}])
+
     def test_types_filter(self) -> None:
         """A subscriber gets only the families it asked for."""
         self.hub.subscribe("telemetry", "ext", body(types=["extension"]))
@@ -451,7 +464,9 @@ class BatchingTests(HubCase):
 
     def setUp(self) -> None:
         super().setUp()
-        self.hub.subscribe("telemetry", "ext", body(types=["function"], timeoutMs=100, maxItems=1000))
+        self.hub.subscribe(
+            "telemetry", "ext", body(types=["function"], timeoutMs=100, maxItems=1000)
+        )
         self.hub.close_subscriptions()
 
     def test_max_items(self) -> None:
@@ -491,6 +506,18 @@ class BatchingTests(HubCase):
         self.clock.advance(1)
         self.assertEqual(self.agent.requests, [])
 
+    def test_timeout_behind_in_flight(self) -> None:
+        """An event queued behind a batch in flight leaves as soon as that batch is taken
+        if its timeoutMs has passed meanwhile."""
+        self.hub.log_line("function", b"one")
+        self.hub.flush()
+        first = self.agent.pop()
+        self.hub.log_line("function", b"two")
+        self.clock.advance(0.1)
+        self.assertEqual(self.agent.requests, [])
+        first.respond()
+        self.assertEqual(self.agent.pop().records, ["two"])
+
     def test_order_one_in_flight(self) -> None:
         """Batches leave one at a time, in order, each after the previous one was taken."""
         self.lines(2500)
@@ -516,7 +543,9 @@ class RetryTests(HubCase):
         self.hub.subscribe("telemetry", "ext", body(types=["function"]))
         self.hub.close_subscriptions()
         self.logged: list[LogEvent] = []
-        self.patch(telemetry._Subscriber, "log", Logger(observer=cast(ILogObserver, self.logged.append)))
+        self.patch(
+            telemetry._Subscriber, "log", Logger(observer=cast(ILogObserver, self.logged.append))
+        )
 
     def test_backoff(self) -> None:
         """Refused, the batch is resent after 0.1 s, then 0.2 s; later events follow it."""
@@ -629,13 +658,16 @@ class LogsAPITests(HubCase):
     """Logs API subscribers get the Logs API's records."""
 
     def stream(self) -> None:
-        self.hub.platform("platform.initStart", {"initializationType": "on-demand", "phase": "init"})
+        self.hub.platform(
+            "platform.initStart", {"initializationType": "on-demand", "phase": "init"}
+        )
         self.hub.platform("platform.initRuntimeDone", {"status": "success"})
         self.hub.platform("platform.initReport", {"metrics": {"durationMs": 1.0}})
         self.hub.platform("platform.start", {"requestId": "r", "version": "$LATEST"})
         self.hub.log_line("function", b"hello")
         self.hub.platform(
-            "platform.runtimeDone", {"requestId": "r", "status": "success", "metrics": {"durationMs": 2}}
+            "platform.runtimeDone",
+            {"requestId": "r", "status": "success", "metrics": {"durationMs": 2}},
         )
         self.hub.platform("platform.extension", {"name": "e", "state": "Ready", "events": []})
         self.hub.platform(
@@ -651,7 +683,14 @@ class LogsAPITests(HubCase):
         self.assertEqual(
             events,
             [
-                ("platform.logsSubscription", {"name": "ext", "state": "Subscribed", "types": ["platform", "function", "extension"]}),
+                (
+                    "platform.logsSubscription",
+                    {
+                        "name": "ext",
+                        "state": "Subscribed",
+                        "types": ["platform", "function", "extension"],
+                    },
+                ),
                 ("platform.start", {"requestId": "r"}),
                 ("function", "hello"),
                 ("platform.extension", {"name": "e", "state": "Ready", "events": []}),
@@ -765,7 +804,8 @@ class Recorder(Resource):
         self.batches += 1
         if len(self.events) >= self.expected and not self.complete.called:
             self.complete.callback(None)
-        return b""
+        # A body the client must read before its connection can carry the next batch.
+        return b"received"
 
 
 class TrackingFactory(WrappingFactory):
@@ -810,9 +850,10 @@ class EndToEndTests(TestCase):
 
     def listen(self, factory: Any) -> tuple[TrackingFactory, int]:
         tracking = TrackingFactory(factory)
-        port = global_reactor.listenTCP(0, tracking, interface="127.0.0.1")  # type: ignore[arg-type]
+        listen: Any = global_reactor.listenTCP
+        port = listen(0, tracking, interface="127.0.0.1")
         self.addCleanup(port.stopListening)
-        return tracking, port.getHost().port  # type: ignore[attr-defined]
+        return tracking, port.getHost().port
 
     async def test_http(self) -> None:
         """Events reach a real HTTP listener named sandbox.localdomain, over one kept connection."""
