@@ -22,7 +22,7 @@ from twisted.internet import defer
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.endpoints import TCP4ClientEndpoint
 from twisted.internet.interfaces import IConsumer, IDelayedCall, ITransport
-from twisted.internet.protocol import Factory, Protocol
+from twisted.internet.protocol import Factory, Protocol, connectionDone
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web.client import Agent, HTTPConnectionPool, readBody
@@ -284,7 +284,7 @@ class _LineSender(Protocol):
     def __init__(self) -> None:
         self.lost: Deferred[None] = Deferred()
 
-    def connectionLost(self, reason: Failure = Failure(Exception())) -> None:
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
         self.lost.callback(None)
 
 
@@ -298,12 +298,16 @@ class _Subscriber:
     log = Logger(observer=observer)
 
     def __init__(
-        self, reactor: Any, agent: IAgent, subscription: Subscription, idle: Callable[[], None]
+        self,
+        reactor: Any,
+        agent: IAgent,
+        subscription: Subscription,
+        on_idle: Callable[[], None],
     ) -> None:
         self._reactor = reactor
         self._agent = agent
         self.subscription = subscription
-        self._idle = idle
+        self._on_idle = on_idle
         self._queue: deque[bytes] = deque()
         self._queued_bytes = 0
         self._in_flight: list[bytes] | None = None
@@ -343,11 +347,13 @@ class _Subscriber:
             self._append(data)
         self._pump()
 
-    def flush(self) -> None:
-        """Send everything queued now, without waiting for the limits or the timer."""
+    def flush(self, retry_now: bool = False) -> None:
+        """
+        Send everything queued now, without waiting for the limits or the
+        timer; at shutdown (C{retry_now}) a failed batch does not wait out its backoff either.
+        """
         self._due = True
-        if self._retry is not None and self._retry.active():
-            # Shutdown or a crash: try the listener again now, not after the backoff.
+        if retry_now and self._retry is not None and self._retry.active():
             self._retry.cancel()
             self._retry = None
             self._deliver()
@@ -498,7 +504,7 @@ class _Subscriber:
             )
         self._pump()
         if self.idle:
-            self._idle()
+            self._on_idle()
 
     def _failed(self, failure: Failure) -> None:
         self._delivery = None
@@ -561,7 +567,7 @@ class TelemetryHub:
         Whether any subscription exists or may still come (Init is open, its
         events are kept): callers skip building events when not.
         """
-        return bool(self._subscribers) or self._backlog is not None
+        return not self._stopped and (bool(self._subscribers) or self._backlog is not None)
 
     def subscribe(self, api: str, extension: str, body: bytes) -> None:
         """
@@ -619,14 +625,16 @@ class TelemetryHub:
         self._stopped = True
         self._backlog = None
         self._drained = Deferred()
-        self.flush()
+        for subscriber in self._subscribers.values():
+            subscriber.flush(retry_now=True)
         self._check_drained()
         self._drained.addTimeout(timeout, self._reactor)
         try:
             await self._drained
         except defer.TimeoutError:
             self.log.warn(
-                "telemetry subscribers did not take their events within {timeout} s",
+                "telemetry subscribers of {function} did not take their events within {timeout} s",
+                function=self._function.name,
                 timeout=timeout,
             )
         closing = [subscriber.close() for subscriber in self._subscribers.values()]
@@ -664,11 +672,12 @@ class TelemetryHub:
         views: dict[str, list[bytes]] = {}
         for subscriber in self._subscribers.values():
             subscription = subscriber.subscription
+            if event.family not in subscription.types:
+                continue
             if subscription.view not in views:
                 views[subscription.view] = [e.encode() for e in subscription.translate(event)]
-            encoded = views[subscription.view]
-            if event.family in subscription.types and encoded:
-                subscriber.offer(encoded)
+            if views[subscription.view]:
+                subscriber.offer(views[subscription.view])
         if self._backlog is not None:
             size = len(views["telemetry"][0]) if views.get("telemetry") else len(event.encode())
             self._backlog.add(event, size)

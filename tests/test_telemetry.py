@@ -10,11 +10,11 @@ from typing import Any, cast
 
 from twisted.internet import reactor as global_reactor
 from twisted.internet.defer import Deferred
-from twisted.internet.error import ConnectionRefusedError
+from twisted.internet.error import ConnectionDone, ConnectionRefusedError
 from twisted.internet.interfaces import IConsumer
 from twisted.internet.protocol import Protocol, ServerFactory
 from twisted.internet.task import Clock
-from twisted.internet.testing import MemoryReactorClock
+from twisted.internet.testing import MemoryReactorClock, StringTransport
 from twisted.logger import ILogObserver, LogEvent, Logger
 from twisted.protocols.basic import LineReceiver
 from twisted.protocols.policies import WrappingFactory
@@ -593,6 +593,17 @@ class RetryTests(HubCase):
             self.clock.advance(5)
         self.assertEqual(len(self.agent.requests), 1)
 
+    def test_flush_keeps_backoff(self) -> None:
+        """flush() (an invoke ended) does not hurry a retry: a dead listener is not hammered."""
+        self.hub.log_line("function", b"one")
+        self.hub.flush()
+        self.agent.pop().refuse()
+        self.hub.log_line("function", b"two")
+        self.hub.flush()
+        self.assertEqual(self.agent.requests, [])
+        self.clock.advance(0.1)
+        self.assertEqual(self.agent.pop().records, ["one"])
+
     def test_post_timeout(self) -> None:
         """A POST unanswered for 5 s is given up and retried."""
         self.hub.log_line("function", b"one")
@@ -736,6 +747,7 @@ class StopTests(HubCase):
         self.assertNoResult(stopped)
         request.respond()
         self.successResultOf(stopped)
+        self.assertFalse(self.hub.subscribed)
         self.hub.log_line("function", b"ignored")
         self.hub.flush()
         self.assertEqual(self.agent.requests, [])
@@ -783,6 +795,33 @@ class TCPUnitTests(SynchronousTestCase):
         self.assertEqual((host, port), ("127.0.0.1", 4243))
         factory.clientConnectionFailed(reactor.connectors[0], Failure(ConnectionRefusedError()))
         reactor.advance(0.1)
+        self.assertEqual(len(reactor.tcpClients), 2)
+
+    def test_lines_and_reconnect(self) -> None:
+        """Each event is one JSON line on a kept connection; after it is lost, a new one."""
+        reactor = MemoryReactorClock()
+        hub = TelemetryHub(reactor, FUNCTION, agent=FakeAgent())
+        document = json.loads(body(types=["function"]))
+        document["destination"] = {"protocol": "TCP", "port": 4243}
+        hub.subscribe("telemetry", "ext", json.dumps(document).encode())
+        hub.log_line("function", b"one")
+        hub.log_line("function", b"two")
+        hub.flush()
+        factory = reactor.tcpClients[0][2]
+        protocol = factory.buildProtocol(None)
+        assert protocol is not None
+        transport = StringTransport()
+        protocol.makeConnection(transport)
+        lines = transport.value().splitlines()
+        self.assertEqual([json.loads(line)["record"] for line in lines], ["one", "two"])
+        self.assertTrue(transport.value().endswith(b"\n"))
+        hub.log_line("function", b"three")
+        hub.flush()
+        self.assertEqual(json.loads(transport.value().splitlines()[-1])["record"], "three")
+        self.assertEqual(len(reactor.tcpClients), 1)
+        protocol.connectionLost(Failure(ConnectionDone()))
+        hub.log_line("function", b"four")
+        hub.flush()
         self.assertEqual(len(reactor.tcpClients), 2)
 
 
