@@ -56,11 +56,15 @@ DAEMON_VARIABLES = frozenset(
         "AMQP_PREFETCH",
         "ENABLE_OPENFAAS",
         "METRICS_PORT",
+        "EXTENSIONS_DIR",
         "SHUTDOWN_TIMEOUT",
         "AWS_LAMBDA_FUNCTION_TIMEOUT",
         "AWS_LAMBDA_FUNCTION_IDLETIMEOUT",
     }
 )
+
+#: Where Lambda, and so every image, keeps its external extensions.
+DEFAULT_EXTENSIONS_DIR = "/opt/extensions"
 
 #: The account id in ARNs we make up; the same one the AWS RIE uses.
 ACCOUNT_ID = "012345678912"
@@ -138,6 +142,8 @@ class RapidConfig:
     amqp_uri: str | None = field(default=None, repr=False)
     amqp_prefetch: int = 5
     runtime_environ: Mapping[str, str] = field(default_factory=dict)
+    #: Where the external extensions are (EXTENSIONS_DIR); None: no extensions.
+    extensions_dir: str | None = None
 
 
 @dataclass(frozen=True)
@@ -387,6 +393,7 @@ def rapid_config(command: Sequence[str], environ: Mapping[str, str]) -> RapidCon
             "a whole number >= 1",
         ),
         runtime_environ=runtime_environ,
+        extensions_dir=environ.get("EXTENSIONS_DIR", DEFAULT_EXTENSIONS_DIR).strip() or None,
     )
 
 

@@ -1,15 +1,18 @@
 """
-One execution environment: a runtime (RIC) process and its own Runtime API.
+One execution environment, as Lambda means it: a sandbox of processes (the
+runtime and its external extensions) going through Init, Invoke ... and
+Shutdown, with its own Runtime API port.
 
-Each environment listens on its own loopback port, so which process asked for
-the next event is known from the socket it asked on. The environment owns the
-runtime's state machine and its output; what to run and when to give up is
-the L{Pool}'s business, told through the L{EnvironmentOwner} callbacks.
+Each environment listens on its own loopback port, so which process asked is
+known from the socket it asked on (and, for extensions, from their
+identifier). The environment owns its whole life cycle: the L{Pool} sends it
+commands (L{deliver}, L{time_out}, L{shut_down}) and hears of it through the
+L{EnvironmentOwner} callbacks (ready, answered, failed, ended).
 
-An environment is I{released} once its runtime has exited and its port is
-closed (its slot may be reused), and has I{ended} once the process has ended
-too (its output pipes are closed: nothing of it is left in the reactor).
-Whatever the runtime started is found by the environment's marker (its
+An environment is I{released} once all its processes have exited and its
+port is closed (its slot may be reused), and has I{ended} once their pipes
+are closed too (nothing of it is left in the reactor). Whatever the runtime
+started is found by the environment's marker (its
 C{AWS_LAMBDA_LOG_STREAM_NAME}, unique to it, which children inherit) and
 killed when the runtime exits, wherever those processes were re-parented.
 """
@@ -19,30 +22,47 @@ from __future__ import annotations
 import datetime
 import enum
 import os
+import shutil
 import signal
 import uuid
+from dataclasses import dataclass
 from typing import Any, Callable, Protocol
 
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.endpoints import serverFromString
-from twisted.internet.error import CannotListenError, ProcessDone, ProcessTerminated
+from twisted.internet.error import CannotListenError
 from twisted.internet.interfaces import IDelayedCall, IListeningPort
-from twisted.internet.protocol import ProcessProtocol
 from twisted.logger import Logger
-from twisted.python.failure import Failure
 
 from . import errors, proctree
-from .config import RapidConfig
-from .invocation import Invocation, Outcome
-from .logs import application_filter, observer
-from .runtime_api import RuntimeAPIFactory
+from .capture import EXTENSION, FUNCTION, LOG_TAIL_BYTES, OutputCapture
+from .config import ACCOUNT_ID, RapidConfig
 from .config import endpoint_description as tcp_description
+from .extensions import (
+    INVOKE,
+    MAX_EXTENSIONS,
+    SHUTDOWN,
+    Extension,
+    Extensions,
+    ExtensionState,
+    discover,
+    extension_environ,
+)
+from .invocation import Invocation, Outcome
+from .logs import application_filter, iso_time, observer
+from .reports import PlatformLines
+from .runtime_api import RuntimeAPIFactory
+from .sandbox_process import SandboxProcess, exit_reason
+from .telemetry import TelemetryHub
 
-#: How much of an invocation's output is kept for X-Amz-Log-Result.
-LOG_TAIL_BYTES = 4096
-#: The longest output line kept whole; a longer one is forwarded in pieces.
-MAX_LINE = 64 * 1024
-#: How long the output pipes of an exited runtime are read for its leftover children.
+__all__ = ["LOG_TAIL_BYTES", "ExecutionEnvironment", "State", "exit_reason"]
+
+#: How long a runtime gets between SIGTERM and SIGKILL when it is stopped (no extensions).
+KILL_GRACE = 2.0
+#: Lambda's limit for the init phase; a longer function timeout extends it, as
+#: Lambda retries a slow init within the first invocation's timeout.
+INIT_TIMEOUT = 10.0
+#: How long the output pipes of an exited process are read for its leftover children.
 ORPHAN_OUTPUT_GRACE = 1.0
 #: When what a runtime left is looked for a second time after its exit: one
 #: forked just before the exit may be mid-exec at the first look, its
@@ -54,32 +74,58 @@ INIT_ERROR_EXIT_GRACE = 2.0
 MAX_OUTPUT_TURNS = 16
 #: The variable whose value, unique to an environment, marks the processes its runtime started.
 MARKER_VARIABLE = "AWS_LAMBDA_LOG_STREAM_NAME"
-
-_SIGNAL_WORDS = {
-    signal.SIGKILL: "killed",
-    signal.SIGTERM: "terminated",
-    signal.SIGSEGV: "segmentation fault",
-    signal.SIGABRT: "aborted",
-    signal.SIGINT: "interrupt",
-    signal.SIGBUS: "bus error",
-}
+#: Lambda's Shutdown phase with extensions: everything is gone by then.
+SHUTDOWN_BUDGET = 2.0
+#: The runtime's share of it (more when an internal extension must flush).
+RUNTIME_SHUTDOWN_SHARE = 0.3
+RUNTIME_SHUTDOWN_SHARE_INTERNAL = 0.5
+#: How long telemetry still gets to deliver at the end of a Shutdown.
+TELEMETRY_FLUSH_TIMEOUT = 0.5
 
 
 class State(enum.Enum):
-    """Where the runtime is in its life."""
+    """Where the environment is in its life: one name per state."""
 
-    STARTING = "starting"  # spawned, initialising: has not asked for an event yet
-    IDLE = "idle"  # waiting in GET /next
-    BUSY = "busy"  # running an event
-    STOPPING = "stopping"  # being shut down; takes no more events
-    DEAD = "dead"  # the process has exited
+    STARTING = "starting"  # Init: extensions registering, the runtime initialising
+    IDLE = "idle"  # the runtime and every extension wait for an event: one can be delivered
+    BUSY = "busy"  # an invocation's phase is under way (runtime or extensions at work)
+    AWAY = "away"  # the runtime hung up its GET /next while idle: it asks again, or exits
+    STOPPING = "stopping"  # Shutdown: takes no more events
+    DEAD = "dead"  # its runtime has exited: takes nothing more
+
+
+@dataclass(frozen=True)
+class EnvironmentFailure:
+    """
+    Why an environment cannot go on: what the invocation it was running (or
+    initialising for) is answered with.
+    """
+
+    outcome: Outcome
+    error_type: str | None
+    #: How the process ended or what went wrong, in Lambda's words ("exit status 1").
+    cause: str
+    #: The error document itself, when the runtime posted one (init/error).
+    document: bytes | None = None
+    #: Whether the environment's Init failed (else: during or after an invocation).
+    during_init: bool = False
+
+    def body(self, request_id: str) -> bytes:
+        """The answer's body for invocation C{request_id}."""
+        if self.document is not None:
+            return self.document
+        if self.error_type == "Runtime.ExitError":
+            message = f"RequestId: {request_id} Error: Runtime exited with error: {self.cause}"
+        else:
+            message = f"RequestId: {request_id} Error: {self.cause}"
+        return errors.function_error_body(self.error_type or "Unknown", message)
 
 
 class EnvironmentOwner(Protocol):
     """What an environment tells its pool."""
 
     def environment_ready(self, environment: ExecutionEnvironment) -> None:
-        """The runtime is waiting for an event."""
+        """Init or the last invocation is over: an invocation may be delivered."""
 
     def environment_answered(
         self,
@@ -90,23 +136,21 @@ class EnvironmentOwner(Protocol):
     ) -> None:
         """The runtime answered its current invocation."""
 
-    def environment_exited(self, environment: ExecutionEnvironment, reason: str) -> None:
-        """The runtime process exited (C{reason} as Go words it: C{exit status 1})."""
+    def environment_failed(
+        self, environment: ExecutionEnvironment, failure: EnvironmentFailure
+    ) -> None:
+        """The environment cannot go on (it is shutting itself down)."""
+
+    def environment_ended(self, environment: ExecutionEnvironment) -> None:
+        """The environment takes nothing more: its runtime is gone (its slot is released later)."""
 
 
-def exit_reason(failure: Failure) -> str:
-    """Go's wording for how a process ended, as AWS reports it."""
-    error = failure.value
-    if isinstance(error, ProcessTerminated) and error.signal is not None:
-        word = _SIGNAL_WORDS.get(signal.Signals(error.signal))
-        return f"signal: {word or signal.Signals(error.signal).name}"
-    if isinstance(error, (ProcessDone, ProcessTerminated)):
-        return f"exit status {error.exitCode or 0}"
-    return str(error)
+def _epoch_ms(seconds: float) -> int:
+    return int(seconds * 1000)
 
 
-class ExecutionEnvironment(ProcessProtocol):
-    """A runtime process, its Runtime API listener, and its state."""
+class ExecutionEnvironment:
+    """A runtime, its external extensions, its Runtime API listener, and its phase."""
 
     log = Logger(observer=observer)
 
@@ -115,7 +159,7 @@ class ExecutionEnvironment(ProcessProtocol):
         index: int,
         config: RapidConfig,
         owner: EnvironmentOwner,
-        reactor: object,
+        reactor: Any,
         output: Callable[[bytes], None],
     ) -> None:
         self.index = index
@@ -127,55 +171,98 @@ class ExecutionEnvironment(ProcessProtocol):
         self.init_error: tuple[str | None, bytes] | None = None
         self.invocations = 0
         self.idle_since = 0.0
-        #: Set once we asked the runtime to stop: its exit is no news.
+        #: Set once it was asked to stop: its processes' exits are no news.
         self.stop_requested = False
         self.runtime_port = config.runtime_port + index
-        self.pid: int | None = None
+        self.runtime: SandboxProcess | None = None
+        #: How the runtime ended, in Lambda's words, once it has.
+        self.exit_reason: str | None = None
         self._config = config
         self._owner = owner
         self._reactor = reactor
-        self._output = output
-        self._spawned_at = 0.0
-        self._waiting: Deferred[Invocation] | None = None
-        self._port: IListeningPort | None = None
-        self._partial: dict[int, bytearray] = {}
-        self._log_buffer = bytearray()
-        #: In JSON log format, what is kept of the function's output lines (its application level).
-        self._keep: Callable[[bytes], bytes] | None = None
+        self._platform = PlatformLines(config.function, config.log_format, reactor)
+        self._print = output
+        keep = None
         if config.log_format == "JSON" and config.application_log_level is not None:
-            self._keep = application_filter(config.application_log_level)
+            keep = application_filter(config.application_log_level)
+        self.capture = OutputCapture(output, keep)
+        self.telemetry = TelemetryHub(reactor, config.function)
+        self.capture.observer = self._log_lines
+        self._started_at = 0.0
+        self._spawned_at = 0.0
+        self._runtime_waiting: Deferred[Invocation] | None = None
+        self._port: IListeningPort | None = None
         self._peak_kb = 0
-        self._output_closer: IDelayedCall | None = None
-        self._output_count = 0
         self._marker = b""
-        #: Run when the runtime has exited (its kill timers).
-        self._on_exit: list[Callable[[], object]] = []
+        self._environ: dict[str, str] = {}
+        external, refused = discover(config.extensions_dir)
+        self._external_paths = external
+        self._launch_refused = refused
+        self.extensions = Extensions(
+            [os.path.basename(path) for path in external], self._check_phase
+        )
+        self.external: dict[str, SandboxProcess] = {}
+        self._failure: EnvironmentFailure | None = None
+        #: Timers to cancel once everything has exited.
+        self._timers: list[IDelayedCall] = []
+        #: When each exited process's pipes stop being read, if its leftovers hold them.
+        self._output_closers: dict[SandboxProcess, IDelayedCall] = {}
         #: Answered GET next requests this environment will never give an event.
         self._refused: list[Deferred[Invocation]] = []
         self._pending_answer: (
             tuple[Invocation, Outcome, bytes, str | None, Deferred[None]] | None
         ) = None
+        #: The invocation whose phase runs on after the runtime's answer (extensions at work).
+        self._phase: Invocation | None = None
+        self._phase_timer: IDelayedCall | None = None
+        self._answered_at = 0.0
+        self._produced = 0
         self._settle_call: IDelayedCall | None = None
         self._settle_then: Callable[[], None] | None = None
         self._settle_seen = 0
         self._settle_turns = 0
-        self._exited = False
-        self._process_ended = False
+        self._runtime_done = False
         self._sweep_call: IDelayedCall | None = None
         self._port_closed = False
+        self._shutdown: Deferred[None] | None = None
         self._released: list[Deferred[None]] = []
         self._ended: list[Deferred[None]] = []
 
     def __repr__(self) -> str:
         return f"<ExecutionEnvironment #{self.index} {self.state.value} pid={self.pid}>"
 
-    # Life cycle
+    @property
+    def pid(self) -> int | None:
+        """The runtime's process id, once it is started."""
+        return self.runtime.pid if self.runtime is not None else None
+
+    def _now(self) -> float:
+        return float(self._reactor.seconds())
+
+    def _later(self, delay: float, call: Callable[..., object], *args: object) -> IDelayedCall:
+        timer: IDelayedCall = self._reactor.callLater(delay, call, *args)
+        self._timers.append(timer)
+        return timer
+
+    # Init
 
     async def start(self) -> None:
-        """Listen for the runtime, then spawn it; fails if neither can be done."""
+        """Listen, launch the external extensions, and the runtime once they have registered."""
+        try:
+            await self._start()
+        except BaseException:
+            self.state = State.DEAD  # nothing of it runs: the pool closes it
+            raise
+
+    async def _start(self) -> None:
         self._port = await self._listen()
         self.runtime_port = self._port.getHost().port  # type: ignore[attr-defined]
-        self._spawn()
+        self._started_at = self._now()
+        self._environ = self._runtime_environ()
+        self._marker = f"{MARKER_VARIABLE}={self._environ[MARKER_VARIABLE]}".encode()
+        self.telemetry.platform("platform.initStart", self._init_start_record())
+        if self._launch_extensions():
+            self._spawn_runtime_when_registered()
 
     async def _listen(self) -> IListeningPort:
         site = RuntimeAPIFactory(self, self._reactor)
@@ -198,7 +285,7 @@ class ExecutionEnvironment(ProcessProtocol):
             ).listen(site)
             return fallback
 
-    def _environ(self) -> dict[str, str]:
+    def _runtime_environ(self) -> dict[str, str]:
         config = self._config
         function = config.function
         host = config.runtime_host
@@ -224,22 +311,77 @@ class ExecutionEnvironment(ProcessProtocol):
         )
         return environ
 
-    def _spawn(self) -> None:
+    def _init_start_record(self) -> dict[str, Any]:
+        function = self._config.function
+        return {
+            "initializationType": "on-demand",
+            "phase": "init",
+            "functionName": function.name,
+            "functionVersion": function.version,
+            "instanceMaxMemory": function.memory_size,
+        }
+
+    def _launch_extensions(self) -> bool:
+        """Start every external extension at once; False if one cannot be (a LaunchError)."""
+        if self._launch_refused:
+            name, why = self._launch_refused[0]
+            self._fail(EnvironmentFailure(Outcome.INIT_ERROR, "Extension.LaunchError", why, during_init=True))
+            return False
+        if len(self._external_paths) > MAX_EXTENSIONS:
+            self._fail(
+                EnvironmentFailure(
+                    Outcome.INIT_ERROR, "Extension.LaunchError", "ErrTooManyExtensions", during_init=True
+                )
+            )
+            return False
+        environ = extension_environ(self._environ)
+        setsid = shutil.which("setsid")
+        for path in self._external_paths:
+            name = os.path.basename(path)
+            process = SandboxProcess(
+                name, EXTENSION, self.capture, self._extension_exited, self._process_ended
+            )
+            try:
+                process.spawn(self._reactor, [path], environ, new_group=setsid)
+            except OSError as error:
+                self._fail(
+                    EnvironmentFailure(
+                        Outcome.INIT_ERROR, "Extension.LaunchError", f"fork/exec {path}: {error}",
+                        during_init=True,
+                    )
+                )
+                return False
+            self.external[name] = process
+            self.log.info(
+                "extension {name} of environment #{index} started (pid {pid})",
+                name=name,
+                index=self.index,
+                pid=process.pid,
+            )
+        return True
+
+    def _spawn_runtime_when_registered(self) -> None:
+        if (
+            self.runtime is None
+            and self.state is State.STARTING
+            and self.extensions.externals_registered
+        ):
+            self._spawn_runtime()
+
+    def _spawn_runtime(self) -> None:
         command = self._config.command
-        environ = self._environ()
-        self._marker = f"{MARKER_VARIABLE}={environ[MARKER_VARIABLE]}".encode()
         # Lambda runs the runtime in its task root.
-        task_root = environ.get("LAMBDA_TASK_ROOT")
-        self._spawned_at = self._reactor.seconds()  # type: ignore[attr-defined]
-        transport = self._reactor.spawnProcess(  # type: ignore[attr-defined]
-            self,
-            command[0],
-            args=list(command),
-            env=environ,
+        task_root = self._environ.get("LAMBDA_TASK_ROOT")
+        self._spawned_at = self._now()
+        self.runtime = SandboxProcess(
+            "runtime", FUNCTION, self.capture, self._runtime_exited, self._process_ended
+        )
+        self.runtime.spawn(
+            self._reactor,
+            command,
+            self._environ,
             path=task_root if task_root and os.path.isdir(task_root) else None,
         )
-        self.pid = transport.pid
-        transport.closeStdin()
         self.log.info(
             "runtime #{index} started (pid {pid}): {command}",
             index=self.index,
@@ -252,36 +394,209 @@ class ExecutionEnvironment(ProcessProtocol):
             port=self.runtime_port,
         )
 
-    def kill(self) -> None:
-        """SIGKILL the runtime and everything it started."""
-        if self.state is not State.DEAD and self.pid is not None:
-            self.state = State.STOPPING
-            self.stop_requested = True
-            proctree.signal_tree(self.pid, signal.SIGKILL)
+    def _init_done(self) -> None:
+        """The runtime and every extension asked for an event: Init is over."""
+        now = self._now()
+        self.init_duration = now - (self._started_at if self.external else self._spawned_at)
+        self.telemetry.platform(
+            "platform.initRuntimeDone",
+            {"initializationType": "on-demand", "phase": "init", "status": "success"},
+        )
+        for extension in self.extensions:
+            self._report_extension(extension)
+        self.telemetry.platform(
+            "platform.initReport",
+            {
+                "initializationType": "on-demand",
+                "phase": "init",
+                "status": "success",
+                "metrics": {"durationMs": round(self.init_duration * 1000, 2)},
+            },
+        )
+        self.telemetry.close_subscriptions()
+        self._become_idle()
 
-    def terminate(self, grace: float) -> Deferred[None]:
-        """SIGTERM the runtime's tree, SIGKILL it after C{grace} seconds; fires once it is gone."""
-        if self.state is not State.DEAD and self.pid is not None:
-            self.state = State.STOPPING
-            self.stop_requested = True
-            proctree.signal_tree(self.pid, signal.SIGTERM)
-            killer = self._reactor.callLater(grace, self.kill)  # type: ignore[attr-defined]
-            self._on_exit.append(lambda: killer.cancel() if killer.active() else None)
+    def _report_extension(self, extension: Extension) -> None:
+        """The EXTENSION line (with reports) and the platform.extension event."""
+        record: dict[str, Any] = {
+            "name": extension.name,
+            "state": extension.state.value if not extension.waiting else "Ready",
+            "events": list(extension.events),
+        }
+        if extension.error_type:
+            record["errorType"] = extension.error_type
+        self.telemetry.platform("platform.extension", record)
+        if self._config.print_reports:
+            self._print(
+                self._platform.extension(
+                    record["name"], record["state"], record["events"], extension.error_type
+                )
+            )
+
+    # Commands from the pool
+
+    def deliver(self, invocation: Invocation) -> None:
+        """Hand C{invocation} to the runtime and to the extensions subscribed to INVOKE."""
+        waiting, self._runtime_waiting = self._runtime_waiting, None
+        assert waiting is not None and self.state is State.IDLE, self
+        self.state = State.BUSY
+        self.current = self._phase = invocation
+        self.answered = self._runtime_done = False
+        self.invocations += 1
+        self.delivered_at = self._now()
+        self._answered_at = 0.0
+        self._produced = 0
+        self.capture.restart_window()
+        if self.telemetry.subscribed:
+            self.telemetry.platform(
+                "platform.start",
+                {"requestId": invocation.request_id, "version": self._config.function.version},
+            )
+        if len(self.extensions):
+            event: dict[str, Any] = {
+                "eventType": INVOKE,
+                "deadlineMs": _epoch_ms(invocation.deadline or self._now()),
+                "requestId": invocation.request_id,
+                "invokedFunctionArn": invocation.function_arn,
+            }
+            if invocation.trace_id:
+                event["tracing"] = {"type": "X-Amzn-Trace-Id", "value": invocation.trace_id}
+            self.extensions.send(INVOKE, event)
+        waiting.callback(invocation)
+
+    def time_out(self) -> None:
+        """
+        The invocation (or, while starting, Init) ran out of time: the caller
+        has its answer; the environment is reset.
+        """
+        if self.state is State.STARTING:
+            seconds = self._init_timeout()
+            message = f"Runtime init timed out after {seconds:.2f} seconds"
+            self.log.error("runtime #{index}: {message}", index=self.index, message=message)
+            if self.init_error is None:
+                self.init_error = (
+                    "Sandbox.Timedout",
+                    errors.function_error_body("Sandbox.Timedout", message),
+                )
+            error_type, document = self.init_error
+            self._fail(
+                EnvironmentFailure(
+                    Outcome.INIT_ERROR, error_type or "Sandbox.Timedout", message, document, True
+                ),
+                "timeout",
+            )
+            return
+        self.answered = True
+        self.current = None  # a late answer is for an invocation that is over: 400
+        self._emit_runtime_done("timeout")
+        self.shut_down("timeout")
+
+    def _init_timeout(self) -> float:
+        """How long Init may take: Lambda's 10 s, or the function's timeout if longer."""
+        return max(INIT_TIMEOUT, self._config.function.timeout)
+
+    def shut_down(self, reason: str = "spindown") -> Deferred[None]:
+        """
+        The Shutdown phase (C{reason}: C{spindown}, C{timeout} or C{failure});
+        fires once the environment has ended.
+        """
+        if self.state in (State.STOPPING, State.DEAD) or self._shutdown is not None:
+            if self.state is not State.DEAD:
+                self.state = State.STOPPING
+            return self.ended()
+        self.state = State.STOPPING
+        self.stop_requested = True
+        self._shutdown = Deferred()
+        if self._phase_timer is not None and self._phase_timer.active():
+            self._phase_timer.cancel()
+        if not self.external and not len(self.extensions):
+            self._stop_runtime_alone(reason)
+        else:
+            self._stop_sandbox(reason)
+        if self.runtime is None and not self.external:
+            self._all_exited()
         return self.ended()
 
+    def _stop_runtime_alone(self, reason: str) -> None:
+        """No extensions: the runtime is stopped as it always was."""
+        if reason == "spindown":
+            self._signal_runtime(signal.SIGTERM)
+            self._later(KILL_GRACE, self.kill)
+        else:
+            self.kill()
+
+    def _stop_sandbox(self, reason: str) -> None:
+        """SIGTERM the runtime, then SHUTDOWN to the extensions, all within the 2 s budget."""
+        now = self._now()
+        deadline = now + SHUTDOWN_BUDGET
+        share = (
+            RUNTIME_SHUTDOWN_SHARE_INTERNAL if self.extensions.any_internal else RUNTIME_SHUTDOWN_SHARE
+        )
+        self._signal_runtime(signal.SIGTERM)
+        self._later(share, self._signal_runtime, signal.SIGKILL)
+        self._later(SHUTDOWN_BUDGET, self.kill)
+
+        def extensions_next() -> None:
+            if self.state is State.DEAD and self.runtime is None:
+                return
+            self.extensions.send(
+                SHUTDOWN,
+                {"eventType": SHUTDOWN, "deadlineMs": _epoch_ms(deadline), "shutdownReason": reason},
+            )
+            for name, process in self.external.items():
+                extension = self.extensions.by_name.get(name)
+                if extension is None or not extension.subscribed(SHUTDOWN):
+                    process.signal(signal.SIGKILL)
+
+        if self.runtime is None or self.runtime.has_exited:
+            extensions_next()
+        else:
+            self._after_runtime = extensions_next
+
+    _after_runtime: Callable[[], None] | None = None
+
+    def _signal_runtime(self, signum: int) -> None:
+        if self.runtime is not None and not self.runtime.has_exited:
+            self.runtime.signal(signum)
+
+    def kill(self) -> None:
+        """SIGKILL every process of the environment and everything they started."""
+        if self.state is not State.DEAD:
+            self.state = State.STOPPING
+        self.stop_requested = True
+        self._signal_runtime(signal.SIGKILL)
+        for process in self.external.values():
+            process.signal(signal.SIGKILL)
+
+    def terminate(self, grace: float) -> Deferred[None]:
+        """Shut down as on idle reaping (C{grace} is the runtime's when there are no extensions)."""
+        return self.shut_down("spindown")
+
     def released(self) -> Deferred[None]:
-        """Fires once the runtime has exited and its port is closed: its slot may be reused."""
-        return self._when(self._released, self._port_closed and self._gone(self._exited))
+        """Fires once every process has exited and the port is closed: its slot may be reused."""
+        return self._when(self._released, self._port_closed and self._all_gone(ended=False))
 
     def ended(self) -> Deferred[None]:
         """
-        Fires once the process has ended (exited, and its output pipes closed)
-        and its port is closed: nothing of this environment is left.
+        Fires once every process has ended (exited, and its output pipes
+        closed) and the port is closed: nothing of this environment is left.
         """
-        return self._when(self._ended, self._port_closed and self._gone(self._process_ended))
+        return self._when(
+            self._ended, self._port_closed and self._all_gone(ended=True) and self._sweep_call is None
+        )
 
-    def _gone(self, flag: bool) -> bool:
-        return flag or self.pid is None  # never spawned: nothing to wait for
+    @property
+    def _has_extensions(self) -> bool:
+        return bool(self._external_paths or self._launch_refused or len(self.extensions))
+
+    def _processes(self) -> list[SandboxProcess]:
+        return ([self.runtime] if self.runtime is not None else []) + list(self.external.values())
+
+    def _all_gone(self, ended: bool) -> bool:
+        return all(
+            (each.has_ended if ended else each.has_exited) or each.pid is None
+            for each in self._processes()
+        )
 
     @staticmethod
     def _when(waiters: list[Deferred[None]], done: bool) -> Deferred[None]:
@@ -294,11 +609,11 @@ class ExecutionEnvironment(ProcessProtocol):
     def _check_done(self) -> None:
         if not self._port_closed:
             return
-        if self._gone(self._exited):
+        if self._all_gone(ended=False):
             waiters, self._released = self._released, []
             for waiter in waiters:
                 waiter.callback(None)
-        if self._gone(self._process_ended) and self._sweep_call is None:
+        if self._all_gone(ended=True) and self._sweep_call is None:
             waiters, self._ended = self._ended, []
             for waiter in waiters:
                 waiter.callback(None)
@@ -309,22 +624,26 @@ class ExecutionEnvironment(ProcessProtocol):
         """GET /next: a Deferred that fires with the next event for this runtime."""
         self._settle_now()  # an answer waiting for the runtime's output is taken first
         if self.state is State.BUSY:
+            if self._runtime_done:
+                raise errors.invalid_state_transition("next called twice without an event between")
             if not self.answered:
                 raise errors.invalid_state_transition(
                     "next called while invocation "
                     f"{self.current.request_id if self.current else ''} is still running"
                 )
             self.current = None
+            self._runtime_done = True
+            self._emit_runtime_done("success")
         elif self.state is State.IDLE:
-            if self._waiting is not None:
-                raise errors.invalid_state_transition(
-                    "next called twice without an event between"
-                )
-            # The runtime hung up an earlier GET /next and asks again.
+            raise errors.invalid_state_transition("next called twice without an event between")
+        elif self.state is State.AWAY:
+            pass  # the runtime hung up an earlier GET /next and asks again
         elif self.state is State.STARTING:
             if self.init_error is not None:
                 raise errors.invalid_state_transition("next called after init/error")
-            self.init_duration = self._reactor.seconds() - self._spawned_at  # type: ignore[attr-defined]
+            if self._runtime_waiting is not None:
+                raise errors.invalid_state_transition("next called twice without an event between")
+            self.extensions.registration_open = False
         elif self.state is State.STOPPING:
             # No more events, ever: this one is answered when the runtime is gone.
             refused: Deferred[Invocation] = Deferred(self._refused_cancelled)
@@ -332,12 +651,90 @@ class ExecutionEnvironment(ProcessProtocol):
             return refused
         else:  # DEAD: a child the runtime left is asking.
             raise errors.container_error("this execution environment's runtime has exited")
-        self.state = State.IDLE
-        self.idle_since = self._reactor.seconds()  # type: ignore[attr-defined]
         waiting: Deferred[Invocation] = Deferred(self._next_cancelled)
-        self._waiting = waiting
-        self._owner.environment_ready(self)
+        self._runtime_waiting = waiting
+        self._check_phase()
         return waiting
+
+    def _check_phase(self) -> None:
+        """Whether Init or the invocation's phase is over: the runtime and its extensions wait."""
+        if self._runtime_waiting is None:
+            return
+        if self.state is State.STARTING:
+            if self.extensions.all_waiting():
+                self._init_done()
+        elif self.state is State.BUSY:
+            if self.extensions.all_waiting(INVOKE):
+                self._phase_done()
+        elif self.state is State.AWAY:
+            self._become_idle()
+
+    def _become_idle(self) -> None:
+        self.state = State.IDLE
+        self.idle_since = self._now()
+        self._owner.environment_ready(self)
+
+    def _phase_done(self) -> None:
+        invocation, self._phase = self._phase, None
+        timer, self._phase_timer = self._phase_timer, None
+        if timer is not None and timer.active():
+            timer.cancel()
+        if invocation is not None and self.telemetry.subscribed:
+            now = self._now()
+            overhead = max(0.0, now - self._answered_at) if self._answered_at else 0.0
+            self.telemetry.platform(
+                "platform.report",
+                {
+                    "requestId": invocation.request_id,
+                    "status": "success",
+                    "metrics": self._report_metrics(now),
+                    "spans": [
+                        {
+                            "name": "extensionOverhead",
+                            "start": _iso(self._answered_at or now),
+                            "durationMs": round(overhead * 1000, 3),
+                        }
+                    ],
+                },
+            )
+        self._become_idle()
+
+    def _report_metrics(self, now: float) -> dict[str, Any]:
+        duration = round(((self._answered_at or now) - self.delivered_at) * 1000, 2)
+        metrics: dict[str, Any] = {
+            "durationMs": duration,
+            "billedDurationMs": max(1, int(-(-duration // 1))),
+            "memorySizeMB": self._config.function.memory_size,
+            "maxMemoryUsedMB": -(-self.peak_memory_kb() // 1024),
+        }
+        if self.invocations == 1 and self.init_duration is not None:
+            metrics["initDurationMs"] = round(self.init_duration * 1000, 2)
+        return metrics
+
+    def _emit_runtime_done(self, status: str) -> None:
+        invocation = self._phase
+        if invocation is None or not self.telemetry.subscribed:
+            return
+        end = self._answered_at if self.answered and self._answered_at else self._now()
+        record: dict[str, Any] = {
+            "requestId": invocation.request_id,
+            "status": status,
+            "metrics": {
+                "durationMs": round((end - self.delivered_at) * 1000, 2),
+                "producedBytes": self._produced,
+            },
+            "spans": [
+                {
+                    "name": "responseLatency",
+                    "start": _iso(self.delivered_at),
+                    "durationMs": round((end - self.delivered_at) * 1000, 3),
+                },
+                {"name": "responseDuration", "start": _iso(end), "durationMs": 0.0},
+            ],
+        }
+        if invocation.trace_id:
+            record["tracing"] = {"type": "X-Amzn-Trace-Id", "value": invocation.trace_id}
+        self.telemetry.platform("platform.runtimeDone", record)
 
     def _refused_cancelled(self, refused: Deferred[Invocation]) -> None:
         if refused in self._refused:
@@ -345,25 +742,10 @@ class ExecutionEnvironment(ProcessProtocol):
 
     def _next_cancelled(self, waiting: Deferred[Invocation]) -> None:
         # The runtime hung up its GET /next: it is dying, or will ask again.
-        if self._waiting is waiting:
-            self._waiting = None
-
-    @property
-    def waiting(self) -> bool:
-        """Whether the runtime is waiting in GET /next right now."""
-        return self._waiting is not None
-
-    def deliver(self, invocation: Invocation) -> None:
-        """Hand C{invocation} to the runtime waiting in GET /next."""
-        waiting, self._waiting = self._waiting, None
-        assert waiting is not None and self.state is State.IDLE, self
-        self.state = State.BUSY
-        self.current = invocation
-        self.answered = False
-        self.invocations += 1
-        self.delivered_at = self._reactor.seconds()  # type: ignore[attr-defined]
-        del self._log_buffer[:]
-        waiting.callback(invocation)
+        if self._runtime_waiting is waiting:
+            self._runtime_waiting = None
+            if self.state is State.IDLE:
+                self.state = State.AWAY
 
     def answer(
         self, request_id: str, outcome: Outcome, body: bytes, error_type: str | None = None
@@ -373,6 +755,7 @@ class ExecutionEnvironment(ProcessProtocol):
         of turn. When the invocation's log is wanted (reports, C{Tail}) the
         answer is taken once the runtime's output is read, and the Deferred
         returned fires then; otherwise it is taken at once and None returned.
+        The caller gets it at once: extensions' work after it is not waited for.
         """
         current = self.current
         if self.state is State.DEAD or current is None or current.request_id != request_id:
@@ -382,6 +765,9 @@ class ExecutionEnvironment(ProcessProtocol):
                 f"invocation {request_id} has already been answered"
             )
         self.answered = True
+        self._answered_at = self._now()
+        self._produced = len(body)
+        self._arm_phase_timer(current)
         if not self._wants_log(current):
             self._owner.environment_answered(self, outcome, body, error_type)
             return None
@@ -389,6 +775,28 @@ class ExecutionEnvironment(ProcessProtocol):
         self._pending_answer = (current, outcome, body, error_type, taken)
         self._after_output(self._take_answer)
         return taken
+
+    def _arm_phase_timer(self, invocation: Invocation) -> None:
+        """Once answered, the pool's timer is over; extensions still have until the deadline."""
+        if not len(self.extensions) or invocation.deadline is None:
+            return
+        self._phase_timer = self._reactor.callLater(
+            max(0.0, invocation.deadline - self._now()), self._phase_timed_out, invocation
+        )
+
+    def _phase_timed_out(self, invocation: Invocation) -> None:
+        self._phase_timer = None
+        if self._phase is not invocation or self.state is not State.BUSY:
+            return
+        busy = [each.name for each in self.extensions if each.waiting is None and each.subscribed(INVOKE)]
+        self.log.warn(
+            "extensions {names} of environment #{index} did not finish invocation {request_id} "
+            "by its deadline: resetting the environment",
+            names=", ".join(busy),
+            index=self.index,
+            request_id=invocation.request_id,
+        )
+        self.shut_down("timeout")
 
     def _wants_log(self, invocation: Invocation | None) -> bool:
         return self._config.print_reports or (invocation is not None and invocation.tail_log)
@@ -407,14 +815,268 @@ class ExecutionEnvironment(ProcessProtocol):
         if self.state is not State.STARTING or self.init_error is not None:
             raise errors.invalid_state_transition("init/error is only allowed during init")
         self.init_error = (error_type, body)
-        killer = self._reactor.callLater(INIT_ERROR_EXIT_GRACE, self.kill)  # type: ignore[attr-defined]
-        self._on_exit.append(lambda: killer.cancel() if killer.active() else None)
+        self._later(INIT_ERROR_EXIT_GRACE, self._signal_runtime, signal.SIGKILL)
+
+    # The Extensions API's calls
+
+    def register_extension(self, name: str | None, body: bytes, account: bool) -> tuple[str, dict[str, Any]]:
+        """POST /extension/register: the identifier and the document to answer with."""
+        if self.state not in (State.STARTING,):
+            raise errors.registration_closed()
+        extension = self.extensions.register(name, body)
+        self.log.info(
+            "extension {name} of environment #{index} registered ({kind}, events {events})",
+            name=extension.name,
+            index=self.index,
+            kind="internal" if extension.internal else "external",
+            events=",".join(extension.events) or "none",
+        )
+        function = self._config.function
+        document: dict[str, Any] = {
+            "functionName": function.name,
+            "functionVersion": function.version,
+            "handler": self._config.handler,
+        }
+        if account:
+            document["accountId"] = ACCOUNT_ID
+        try:
+            self._spawn_runtime_when_registered()
+        except OSError as error:
+            self._fail(
+                EnvironmentFailure(
+                    Outcome.INIT_ERROR, "Runtime.ExitError", str(error), during_init=True
+                )
+            )
+        return extension.identifier, document
+
+    def extension_next(self, identifier: bytes | None) -> Deferred[tuple[str, bytes]]:
+        """GET /extension/event/next."""
+        extension = self.extensions.find(identifier)
+        if self.state is State.DEAD and not extension.pending:
+            raise errors.container_error("this execution environment has shut down")
+        return self.extensions.next_event(extension)
+
+    def extension_error(
+        self, identifier: bytes | None, error_type: str | None, exiting: bool
+    ) -> None:
+        """POST /extension/init/error or /exit/error: the error is decided when it exits."""
+        extension = self.extensions.find(identifier)
+        self.extensions.report_error(extension, error_type, exiting)
+        self.log.warn(
+            "extension {name} of environment #{index} reported {which}: {error_type}",
+            name=extension.name,
+            index=self.index,
+            which="exit/error" if exiting else "init/error",
+            error_type=error_type,
+        )
+        if extension.internal:
+            # An internal extension has no process of its own to exit: its report is the failure.
+            self._fail(self._extension_failure(extension, "exit status 0"))
+
+    def subscribe(self, api: str, identifier: bytes | None, body: bytes) -> None:
+        """PUT /telemetry or /logs."""
+        extension = self.extensions.find(identifier)
+        self.telemetry.subscribe(api, extension.name, body)
+
+    # Failures
+
+    def _extension_failure(self, extension: Extension | None, cause: str) -> EnvironmentFailure:
+        if extension is not None and extension.error_type is not None:
+            error_type = (
+                "Extension.InitError"
+                if extension.state is ExtensionState.INIT_ERROR
+                else "Extension.ExitError"
+            )
+        else:
+            error_type = "Extension.Crash"
+        return EnvironmentFailure(
+            Outcome.INIT_ERROR if self.state is State.STARTING else Outcome.RUNTIME_EXIT,
+            error_type,
+            cause,
+            during_init=self.state is State.STARTING,
+        )
+
+    def _fail(self, failure: EnvironmentFailure, reason: str = "failure") -> None:
+        """The first fatal error decides the answer; the environment then shuts down."""
+        if self._failure is not None or self.stop_requested:
+            return
+        self._failure = failure
+        self.log.error(
+            "environment #{index} failed: {error_type}: {cause}",
+            index=self.index,
+            error_type=failure.error_type,
+            cause=failure.cause,
+        )
+        if self.telemetry.subscribed:
+            if failure.during_init:
+                self.telemetry.platform(
+                    "platform.initRuntimeDone",
+                    {
+                        "initializationType": "on-demand",
+                        "phase": "init",
+                        "status": "error",
+                        "errorType": failure.error_type,
+                    },
+                )
+            elif self._phase is not None and not self._runtime_done:
+                self._emit_runtime_done("failure")
+            self.telemetry.flush()
+        if self._config.print_reports and failure.during_init and self._has_extensions:
+            self._print(self._platform.init_report_error(
+                    self._now() - self._started_at, failure.error_type or "Unknown"
+                ))
+            for extension in self.extensions:
+                self._report_extension(extension)
+        self._owner.environment_failed(self, failure)
+        self.current = None
+        self.shut_down(reason)
+
+    # Processes' ends
+
+    def _extension_exited(self, process: SandboxProcess, why: str) -> None:
+        process.finish_output()
+        extension = self.extensions.by_name.get(process.name)
+        if self.stop_requested:
+            if process.exit_status != 0:
+                self.log.warn(
+                    "extension {name} of environment #{index} ShutdownFailed: {why}",
+                    name=process.name,
+                    index=self.index,
+                    why=why,
+                )
+        else:
+            self.log.warn(
+                "extension {name} of environment #{index} exited: {why}",
+                name=process.name,
+                index=self.index,
+                why=why,
+            )
+            self._fail(self._extension_failure(extension, why))
+        self._close_output_later(process)
+        self._maybe_all_exited()
+
+    def _runtime_exited(self, process: SandboxProcess, why: str) -> None:
+        self._settle_now()  # an answer posted before the exit comes first
+        # What the runtime started goes with it (its children are no longer
+        # its children: they were re-parented, so found by the marker).
+        proctree.signal_marked(self._marker, signal.SIGKILL)
+        self._sweep_call = self._reactor.callLater(LEFTOVER_SWEEP, self._sweep)
+        self.log.info(
+            "runtime #{index} (pid {pid}) exited: {reason}", index=self.index, pid=process.pid, reason=why
+        )
+        if self._wants_log(self.current):
+            self._after_output(lambda: self._runtime_gone(process, why))
+        else:
+            self._runtime_gone(process, why)
+
+    def _runtime_gone(self, process: SandboxProcess, why: str) -> None:
+        process.finish_output()
+        self.exit_reason = why
+        gone = errors.container_error(
+            f"the runtime exited ({why}): this execution environment takes no more events"
+        )
+        waiting, self._runtime_waiting = self._runtime_waiting, None
+        refused, self._refused = self._refused, []
+        for each in ([waiting] if waiting is not None else []) + refused:
+            each.errback(gone)
+        if not self.stop_requested:
+            if self.init_error is not None and self.state is State.STARTING:
+                error_type, document = self.init_error
+                failure = EnvironmentFailure(Outcome.INIT_ERROR, error_type, why, document, True)
+            else:
+                failure = EnvironmentFailure(
+                    Outcome.RUNTIME_EXIT,
+                    "Runtime.ExitError",
+                    why,
+                    during_init=self.state is State.STARTING,
+                )
+            self._fail(failure)
+        elif self.init_error is not None and self._failure is None:
+            self.log.error(
+                "runtime #{index} failed to initialise: {error}",
+                index=self.index,
+                error=self.init_error[1].decode("utf-8", "replace"),
+            )
+        self.current = None  # an answer from now on is for an invocation that is over: 400
+        self._close_output_later(process)
+        after, self._after_runtime = self._after_runtime, None
+        if after is not None:
+            after()
+        self._maybe_all_exited()
+
+    def _close_output_later(self, process: SandboxProcess) -> None:
+        if not process.has_ended:
+            self._output_closers[process] = self._reactor.callLater(
+                ORPHAN_OUTPUT_GRACE, self._close_output, process
+            )
+
+    def _close_output(self, process: SandboxProcess) -> None:
+        """Stop reading pipes that processes it left still hold, and kill those again."""
+        self._output_closers.pop(process, None)
+        if process is self.runtime:
+            proctree.signal_marked(self._marker, signal.SIGKILL)
+        process.close_output()
+
+    def _maybe_all_exited(self) -> None:
+        if self._all_gone(ended=False):
+            self._all_exited()
+
+    def _all_exited(self) -> None:
+        """Nothing of the sandbox runs: it takes nothing more; its port closes."""
+        if self.state is State.DEAD:
+            return
+        self.state = State.DEAD
+        self.stop_requested = True
+        for timer in self._timers:
+            if timer.active():
+                timer.cancel()
+        self._timers.clear()
+        self.extensions.cancel_waits()
+        self._owner.environment_ended(self)
+        if self.telemetry.subscribed:
+            # The last events go out before the port closes (the slot waits that long at most).
+            self.telemetry.stop(TELEMETRY_FLUSH_TIMEOUT).addCallback(lambda _: self.close())
+        else:
+            self.telemetry.stop(0)
+            self.close()
+        shutdown, self._shutdown = self._shutdown, None
+        if shutdown is not None:
+            shutdown.callback(None)
+
+    def _sweep(self) -> None:
+        """Kill what the runtime left once more; the environment has ended only after this."""
+        self._sweep_call = None
+        proctree.signal_marked(self._marker, signal.SIGKILL)
+        self._check_done()
+
+    def _process_ended(self, process: SandboxProcess) -> None:
+        closer = self._output_closers.pop(process, None)
+        if closer is not None and closer.active():
+            closer.cancel()
+        self._check_done()
+
+    def close(self) -> Deferred[None]:
+        """Stop listening (at the end, or for an environment whose runtime never started)."""
+        port, self._port = self._port, None
+        stopped = port.stopListening() if port is not None else None
+        closed = stopped if isinstance(stopped, Deferred) else succeed(None)
+        return closed.addCallback(self._port_stopped)
+
+    def _port_stopped(self, _: object) -> None:
+        self._port_closed = True
+        self._check_done()
 
     # Output
 
     def take_log(self) -> bytes:
         """The current invocation's output so far (its last 4 KB at least)."""
-        return bytes(self._log_buffer)
+        return self.capture.window()
+
+    def _log_lines(self, source: str, lines: bytes) -> None:
+        if not self.telemetry.subscribed:
+            return
+        for line in lines.splitlines():
+            self.telemetry.log_line(source, line)
 
     def _after_output(self, then: Callable[[], None]) -> None:
         """
@@ -428,16 +1090,16 @@ class ExecutionEnvironment(ProcessProtocol):
         the log is wanted, and it costs a turn or two: microseconds.
         """
         self._settle_then = then
-        self._settle_seen = self._output_count
+        self._settle_seen = self.capture.reads
         self._settle_turns = 0
-        self._settle_call = self._reactor.callLater(0, self._settle_turn)  # type: ignore[attr-defined]
+        self._settle_call = self._reactor.callLater(0, self._settle_turn)
 
     def _settle_turn(self) -> None:
         self._settle_turns += 1
-        fresh = self._output_count != self._settle_seen
-        self._settle_seen = self._output_count
+        fresh = self.capture.reads != self._settle_seen
+        self._settle_seen = self.capture.reads
         if (fresh or self._settle_turns == 1) and self._settle_turns < MAX_OUTPUT_TURNS:
-            self._settle_call = self._reactor.callLater(0, self._settle_turn)  # type: ignore[attr-defined]
+            self._settle_call = self._reactor.callLater(0, self._settle_turn)
         else:
             self._settle_call = None
             self._settle_now()
@@ -451,123 +1113,12 @@ class ExecutionEnvironment(ProcessProtocol):
         if then is not None:
             then()
 
-    def childDataReceived(self, childFD: int, data: bytes) -> None:
-        self._output_count += 1
-        if self._keep is None:
-            self._keep_for_tail(data)  # as written, partial lines too
-        partial = self._partial.get(childFD)
-        if partial is None:
-            partial = self._partial[childFD] = bytearray()
-        cut = data.rfind(b"\n") + 1
-        if cut:
-            if partial:
-                self._emit(bytes(partial) + data[:cut])
-                del partial[:]
-            else:
-                self._emit(data[:cut])
-        partial += data[cut:]
-        if len(partial) > MAX_LINE:
-            # A line with no end in sight (a progress bar): forward what there is.
-            self._emit(bytes(partial) + b"\n")
-            del partial[:]
-
-    def _keep_for_tail(self, data: bytes) -> None:
-        buffer = self._log_buffer
-        buffer += data
-        if len(buffer) > 4 * LOG_TAIL_BYTES:
-            del buffer[: -LOG_TAIL_BYTES * 2]
-
-    def _emit(self, lines: bytes) -> None:
-        """Forward whole lines of output; in JSON format only those at the application level."""
-        if self._keep is not None:
-            lines = self._keep(lines)
-            if not lines:
-                return
-            self._keep_for_tail(lines)  # Tail holds what is printed, as on Lambda
-        self._output(lines)
-
     def peak_memory_kb(self) -> int:
         """The peak RSS of the runtime's process tree, in kB (its last reading once it is gone)."""
-        if self.pid is not None and self.state is not State.DEAD:
+        if self.pid is not None and self.runtime is not None and not self.runtime.has_exited:
             self._peak_kb = max(self._peak_kb, proctree.peak_rss_kb(self.pid))
         return self._peak_kb
 
-    # The process's end
 
-    def processExited(self, reason: Failure) -> None:
-        self._settle_now()  # an answer posted before the exit comes first
-        why = exit_reason(reason)
-        self.state = State.DEAD
-        # What the runtime started goes with it (its children are no longer
-        # its children: they were re-parented, so found by the marker).
-        proctree.signal_marked(self._marker, signal.SIGKILL)
-        self._sweep_call = self._reactor.callLater(  # type: ignore[attr-defined]
-            LEFTOVER_SWEEP, self._sweep
-        )
-        self.log.info(
-            "runtime #{index} (pid {pid}) exited: {reason}", index=self.index, pid=self.pid, reason=why
-        )
-        gone = errors.container_error(
-            f"the runtime exited ({why}): this execution environment takes no more events"
-        )
-        waiting, self._waiting = self._waiting, None
-        refused, self._refused = self._refused, []
-        for each in ([waiting] if waiting is not None else []) + refused:
-            each.errback(gone)
-        if self._wants_log(self.current):
-            self._after_output(lambda: self._exited_now(why))
-        else:
-            self._exited_now(why)
-
-    def _exited_now(self, why: str) -> None:
-        for partial in self._partial.values():
-            if partial:
-                self._emit(bytes(partial) + b"\n")
-        self._partial.clear()
-        self._exited = True
-        callbacks, self._on_exit = self._on_exit, []
-        for callback in callbacks:
-            callback()
-        self._owner.environment_exited(self, why)
-        self.current = None  # an answer from now on is for an invocation that is over: 400
-        # Its slot is free once its port is: whatever the runtime left may keep
-        # its output pipes open for a while, and is no business of the slot.
-        self.close()
-        if not self._process_ended:
-            self._output_closer = self._reactor.callLater(  # type: ignore[attr-defined]
-                ORPHAN_OUTPUT_GRACE, self._close_output
-            )
-
-    def _sweep(self) -> None:
-        """Kill what the runtime left once more; the environment has ended only after this."""
-        self._sweep_call = None
-        proctree.signal_marked(self._marker, signal.SIGKILL)
-        self._check_done()
-
-    def _close_output(self) -> None:
-        """Stop reading pipes that processes the runtime left still hold, and kill those again."""
-        self._output_closer = None
-        proctree.signal_marked(self._marker, signal.SIGKILL)
-        transport = self.transport
-        if transport is not None:
-            for fd in (1, 2):
-                transport.closeChildFD(fd)  # type: ignore[attr-defined]
-
-    def processEnded(self, reason: Failure) -> None:
-        """The process has exited and its pipes are closed: nothing of it is left."""
-        closer, self._output_closer = self._output_closer, None
-        if closer is not None and closer.active():
-            closer.cancel()
-        self._process_ended = True
-        self._check_done()
-
-    def close(self) -> Deferred[None]:
-        """Stop listening (at the end, or for an environment whose runtime never started)."""
-        port, self._port = self._port, None
-        stopped = port.stopListening() if port is not None else None
-        closed = stopped if isinstance(stopped, Deferred) else succeed(None)
-        return closed.addCallback(self._port_stopped)
-
-    def _port_stopped(self, _: object) -> None:
-        self._port_closed = True
-        self._check_done()
+def _iso(seconds: float) -> str:
+    return iso_time(seconds)

@@ -22,7 +22,15 @@ from zope.interface import implementer
 
 from . import errors, reports
 from .config import RapidConfig
-from .environment import LOG_TAIL_BYTES, ExecutionEnvironment, EnvironmentOwner, State
+from .environment import (
+    INIT_TIMEOUT,
+    KILL_GRACE,
+    LOG_TAIL_BYTES,
+    EnvironmentFailure,
+    EnvironmentOwner,
+    ExecutionEnvironment,
+    State,
+)
 from .invocation import (
     IInvoker,
     Invocation,
@@ -37,11 +45,7 @@ from .invocation import (
 from .logs import observer
 from .metrics import NO_INVOCATIONS, UNAVAILABLE, InvocationObserver
 
-#: How long a runtime gets between SIGTERM and SIGKILL when it is stopped.
-KILL_GRACE = 2.0
-#: Lambda's limit for the init phase; a longer function timeout extends it, as
-#: Lambda retries a slow init within the first invocation's timeout.
-INIT_TIMEOUT = 10.0
+__all__ = ["INIT_TIMEOUT", "KILL_GRACE", "Pool"]
 
 EnvironmentFactory = Callable[
     [int, RapidConfig, EnvironmentOwner, object, Callable[[bytes], None]], ExecutionEnvironment
@@ -166,7 +170,7 @@ class Pool:
         """The most recently idle environment still waiting in GET /next."""
         while self._idle:
             environment = self._idle.pop()
-            if environment.waiting:
+            if environment.state is State.IDLE:
                 return environment
         return None
 
@@ -223,7 +227,6 @@ class Pool:
 
     def _timed_out(self, environment: ExecutionEnvironment, job: _Job) -> None:
         del self._jobs[environment]
-        environment.answered = True
         job.timer = None
         request_id = job.invocation.request_id
         timeout = self._function.timeout
@@ -235,8 +238,7 @@ class Pool:
             "Sandbox.Timedout",
         )
         self.log.warn("{message}", message=errors.timed_out_message(request_id, timeout))
-        environment.current = None  # a late answer is for an invocation that is over: 400
-        environment.kill()
+        environment.time_out()
 
     def _finish(
         self,
@@ -324,29 +326,50 @@ class Pool:
             job.timer.cancel()
         self._finish(environment, job, outcome, body, error_type)
 
-    def environment_exited(self, environment: ExecutionEnvironment, reason: str) -> None:
+    def environment_failed(
+        self, environment: ExecutionEnvironment, failure: EnvironmentFailure
+    ) -> None:
+        self._forget(environment)
+        job = self._jobs.pop(environment, None)
+        if job is None and failure.during_init and self._queue:
+            # Init failed: the error is the answer to one invocation, the one
+            # this init was for. The next queued one gets a fresh init.
+            job = self._queue.popleft()
+        if job is not None:
+            if job.timer is not None:
+                job.timer.cancel()
+            body = failure.body(job.invocation.request_id)
+            self._finish(environment, job, failure.outcome, body, failure.error_type)
+        if (
+            failure.error_type == "Extension.Crash"
+            and failure.during_init
+            and len(self._environments) > 1
+        ):
+            self.log.warn(
+                "an extension of environment #{index} exited during Init while other "
+                "environments run their own copies: extensions that listen on a fixed port "
+                "(the AWS samples use 4243) collide on one network; run such an image with "
+                "MAX_CONCURRENCY=1 (one function instance per container)",
+                index=environment.index,
+            )
+
+    def environment_ended(self, environment: ExecutionEnvironment) -> None:
+        self._forget(environment)
+        job = self._jobs.pop(environment, None)
+        if job is not None:  # stopped while running (the shutdown timeout ran out)
+            if job.timer is not None:
+                job.timer.cancel()
+            self._answer_exit(environment, job, environment.exit_reason or "signal: killed")
+        environment.released().addCallback(lambda _: self._release(environment))
+
+    def _forget(self, environment: ExecutionEnvironment) -> None:
+        """C{environment} takes nothing more: it is no longer idle, its timers are moot."""
         if environment in self._idle:
             self._idle.remove(environment)
         for timers in (self._idle_timers, self._init_timers):
             timer = timers.pop(environment, None)
             if timer is not None:
                 timer.cancel()
-        job = self._jobs.pop(environment, None)
-        if job is not None:
-            if job.timer is not None:
-                job.timer.cancel()
-            self._answer_exit(environment, job, reason)
-        elif environment.init_duration is None and self._queue:
-            # Init failed: the error is the answer to one invocation, the one
-            # this init was for. The next queued one gets a fresh init.
-            self._answer_init_failure(environment, self._queue.popleft(), reason)
-        elif environment.init_error is not None:
-            self.log.error(
-                "runtime #{index} failed to initialise: {error}",
-                index=environment.index,
-                error=environment.init_error[1].decode("utf-8", "replace"),
-            )
-        environment.released().addCallback(lambda _: self._release(environment))
 
     def _answer_exit(self, environment: ExecutionEnvironment, job: _Job, reason: str) -> None:
         message = (
@@ -359,15 +382,6 @@ class Pool:
             errors.function_error_body("Runtime.ExitError", message),
             "Runtime.ExitError",
         )
-
-    def _answer_init_failure(
-        self, environment: ExecutionEnvironment, job: _Job, reason: str
-    ) -> None:
-        if environment.init_error is not None:
-            error_type, body = environment.init_error
-            self._finish(environment, job, Outcome.INIT_ERROR, body, error_type)
-        else:
-            self._answer_exit(environment, job, reason)
 
     def _release(self, environment: ExecutionEnvironment) -> None:
         if self._environments.get(environment.index) is environment:
@@ -413,14 +427,9 @@ class Pool:
             self._check_drained()
 
     def _init_timed_out(self, environment: ExecutionEnvironment) -> None:
-        """A runtime that never asks for an event fails its init, like one that crashes."""
+        """An Init that never ends fails, like one that crashes."""
         del self._init_timers[environment]
-        seconds = max(INIT_TIMEOUT, self._function.timeout)
-        message = f"Runtime init timed out after {seconds:.2f} seconds"
-        self.log.error("runtime #{index}: {message}", index=environment.index, message=message)
-        if environment.init_error is None:
-            environment.init_error = ("Sandbox.Timedout", errors.function_error_body("Sandbox.Timedout", message))
-        environment.kill()
+        environment.time_out()
 
     def _start_failed(self, failure: Failure, environment: ExecutionEnvironment) -> None:
         init_timer = self._init_timers.pop(environment, None)
@@ -429,7 +438,6 @@ class Pool:
         self.log.failure(
             "runtime #{index} could not be started", failure, index=environment.index
         )
-        environment.state = State.DEAD
         if self._queue:
             self._answer_exit(environment, self._queue.popleft(), str(failure.value))
         environment.close().addCallback(lambda _: self._release(environment))
@@ -457,7 +465,7 @@ class Pool:
             seconds=now - environment.idle_since,
         )
         self._idle.remove(environment)
-        environment.terminate(KILL_GRACE)
+        environment.shut_down("spindown")
 
     # Shutdown
 
@@ -502,8 +510,8 @@ class Pool:
         if not force and (self._queue or self._jobs):
             return
         for environment in self._environments.values():
-            if environment.state is not State.STOPPING:
-                environment.terminate(KILL_GRACE)
+            if environment.state not in (State.STOPPING, State.DEAD):
+                environment.shut_down("spindown")
         if self._environments or self._alive or self._drained.called:
             return
         if self._grace_timer is not None:

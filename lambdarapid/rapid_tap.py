@@ -76,6 +76,8 @@ Environment variables (default in parentheses):
                                    log level in JSON format (INFO)
   METRICS_PORT                     serve GET /metrics (Prometheus), /healthz and
                                    /readyz on INVOKE_API_HOST:METRICS_PORT (unset: off)
+  EXTENSIONS_DIR                   where the external extensions are: each executable
+                                   file is one, started with every runtime (/opt/extensions)
 
 Examples:
   lambda-rapid python3 -m awslambdaric echo.handler

@@ -123,3 +123,36 @@ class PlatformLines:
         if error_type is not None:
             record["errorType"] = error_type
         return self._event("platform.report", record)
+
+    def extension(
+        self, name: str, state: str, events: list[str], error_type: str | None = None
+    ) -> bytes:
+        """The line Lambda prints for each extension once Init is over (or has failed)."""
+        if self._json:
+            record: dict[str, Any] = {"name": name, "state": state, "events": events}
+            if error_type:
+                record["errorType"] = error_type
+            return self._event("platform.extension", record)
+        fields = [f"EXTENSION\tName: {name}", f"State: {state}", f"Events: [{','.join(events)}]"]
+        if error_type:
+            fields.append(f"Error Type: {error_type}")
+        return ("\t".join(fields) + "\n").encode()
+
+    def init_report_error(self, duration: float, error_type: str) -> bytes:
+        """INIT_REPORT for an Init that failed: how long it ran, and why."""
+        milliseconds = round(duration * 1000, 2)
+        if self._json:
+            return self._event(
+                "platform.initReport",
+                {
+                    "initializationType": "on-demand",
+                    "phase": "init",
+                    "status": "error",
+                    "errorType": error_type,
+                    "metrics": {"durationMs": milliseconds},
+                },
+            )
+        return (
+            f"INIT_REPORT Init Duration: {milliseconds:.2f} ms\tPhase: init\t"
+            f"Status: error\tError Type: {error_type}\n"
+        ).encode()

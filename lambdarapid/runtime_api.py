@@ -27,19 +27,23 @@ from urllib.parse import unquote
 
 import httptools
 from twisted.internet.defer import Deferred
-from twisted.internet.interfaces import ITCPTransport
+from twisted.internet.interfaces import ITCPTransport, ITransport
 from twisted.internet.protocol import Factory, Protocol
 from twisted.python.failure import Failure
+from twisted.web.server import Site
 
 from . import errors
+from .extensions_api import COLD_PATHS, ColdRoutes
 from .invocation import Invocation, Outcome
+from .web_bridge import Rendered, render
 
 if TYPE_CHECKING:
     from .environment import ExecutionEnvironment
 
 _PREFIX = b"/2018-06-01/runtime/"
 _NEXT = b"/2018-06-01/runtime/invocation/next"
-_INIT_ERROR = b"/2018-06-01/runtime/init/error"
+_EXTENSION_NEXT = b"/2020-01-01/extension/event/next"
+_EXTENSION_IDENTIFIER = b"lambda-extension-identifier"
 _INVOCATION = b"/2018-06-01/runtime/invocation/"
 _RESPONSE = b"/response"
 _ERROR = b"/error"
@@ -142,19 +146,43 @@ def _event_headers(invocation: Invocation) -> list[tuple[bytes, bytes]]:
     return headers
 
 
+def _rendered(rendered: Rendered) -> _Response:
+    # Every answer of this port is JSON, written with its own Content-Type.
+    headers = [(name, value) for name, value in rendered.headers if name.lower() != b"content-type"]
+    return _Response(rendered.status, rendered.body, headers)
+
+
+def _extension_event(event: tuple[str, bytes]) -> _Response:
+    identifier, body = event
+    return _Response(200, body, [(b"Lambda-Extension-Event-Identifier", identifier.encode())])
+
+
 class RuntimeAPI:
-    """The routes: next / response / error / init-error for one environment."""
+    """
+    The routes of one environment's port: the hot ones (the runtime's next,
+    response and error, the extensions' next) here, the cold ones through
+    the L{ColdRoutes} Klein app.
+    """
 
     def __init__(self, environment: ExecutionEnvironment) -> None:
         self._environment = environment
+        self._cold = Site(ColdRoutes(environment).app.resource())
 
-    def handle(self, request: _Request) -> _Response | Deferred[_Response]:
+    def handle(
+        self, request: _Request, transport: ITransport | None = None
+    ) -> _Response | Deferred[_Response]:
         """The response to C{request}, now or (for C{next}) when an event comes."""
         path = request.path
         try:
             if path == _NEXT:
                 self._require(request, b"GET")
                 return self._environment.next_invocation().addCallback(self._event)
+            if path == _EXTENSION_NEXT:
+                self._require(request, b"GET")
+                identifier = request.headers.get(_EXTENSION_IDENTIFIER)
+                return self._environment.extension_next(identifier).addCallback(
+                    _extension_event
+                )
             if path.startswith(_INVOCATION):
                 if path.endswith(_RESPONSE):
                     self._require(request, b"POST")
@@ -162,9 +190,8 @@ class RuntimeAPI:
                 if path.endswith(_ERROR):
                     self._require(request, b"POST")
                     return self.error(request, self._request_id(path, _ERROR))
-            if path == _INIT_ERROR:
-                self._require(request, b"POST")
-                return self.init_error(request)
+            if path in COLD_PATHS:
+                return self._render_cold(request, transport)
             raise errors.not_found_route()
         except errors.APIError as error:
             return _error_response(error)
@@ -216,12 +243,21 @@ class RuntimeAPI:
         taken = self._environment.answer(request_id, Outcome.FUNCTION_ERROR, body, error_type)
         return _accepted_when(taken)
 
-    def init_error(self, request: _Request) -> _Response:
+    def _render_cold(
+        self, request: _Request, transport: ITransport | None
+    ) -> Deferred[_Response]:
         if request.body is None:
             raise errors.entity_too_large()
-        error_type, body = _error_document(request, request.body)
-        self._environment.init_failed(error_type, body)
-        return _accepted()
+        assert transport is not None
+        return render(
+            self._cold,
+            request.method,
+            request.path,
+            request.headers,
+            request.body,
+            transport.getPeer(),
+            transport.getHost(),
+        ).addCallback(_rendered)
 
 
 class _HeadTooLarge(Exception):
@@ -380,7 +416,7 @@ class RuntimeAPIProtocol(Protocol):
         """Answer queued requests in order, until one has to wait (GET /next)."""
         while self._requests and self._waiting is None and not self._closing:
             request = self._requests.popleft()
-            response = self._api.handle(request)
+            response = self._api.handle(request, self.transport)
             if isinstance(response, Deferred):
                 self._waiting = response
                 response.addCallbacks(

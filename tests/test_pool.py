@@ -135,7 +135,7 @@ class DispatchTests(PoolTestCase):
         """An invocation goes straight to a runtime waiting in next, spawning nothing."""
         self.make_pool(max_concurrency=2)
         environment = self.idle_environment()
-        self.assertTrue(environment.waiting)
+        self.assertIs(environment.state, State.IDLE)
         invocation, result = self.invoke(b"second")
         self.assertEqual(len(self.reactor.processes), 1)
         self.assertEqual(self.pool.queued, 0)

@@ -345,7 +345,10 @@ class EnvironmentWithoutPoolTests(SynchronousTestCase):
             def environment_answered(self, *args: object) -> None:
                 pass
 
-            def environment_exited(self, *args: object) -> None:
+            def environment_failed(self, *args: object) -> None:
+                pass
+
+            def environment_ended(self, *args: object) -> None:
                 pass
 
         environment = ExecutionEnvironment(3, config, Owner(), reactor, lambda data: None)
@@ -366,11 +369,11 @@ class HangUpTests(RuntimeAPITestCase):
         self.next_event()
         self.assert_accepted(self.call("POST", response_path(first.request_id), b"1"))
         waiting = self.http.request("GET", NEXT)
-        self.assertTrue(self.environment.waiting)
+        self.assertIs(self.environment.state, State.IDLE)
         waiting.cancel()
         self.http.flush()
         self.failureResultOf(waiting)
-        self.assertFalse(self.environment.waiting)
+        self.assertIsNot(self.environment.state, State.IDLE)
         second, result = self.invoke(payload=b"second")
         self.assertEqual(self.pool.queued, 1)
         reply = self.next_event()
@@ -495,7 +498,7 @@ class RawHTTPTests(RawConnectionTestCase):
         protocol, transport = self.connect()
         protocol.dataReceived(b"GET " + NEXT.encode() + b" HTTP/1.1\r\nHost: x\r\n\r\n")
         protocol.connectionLost(Failure(ConnectionDone()))
-        self.assertFalse(self.environment.waiting)
+        self.assertIsNot(self.environment.state, State.IDLE)
         _, result = self.invoke(payload=b'"later"')
         again, transport = self.connect()
         again.dataReceived(b"GET " + NEXT.encode() + b" HTTP/1.1\r\nHost: x\r\n\r\n")
@@ -576,7 +579,7 @@ class HeadLimitTests(RawConnectionTestCase):
         self.assertEqual(status, 431)
         self.assertEqual(json.loads(body)["errorType"], "RequestHeaderFieldsTooLarge")
         self.assertTrue(transport.disconnecting)
-        self.assertFalse(self.environment.waiting)
+        self.assertIsNot(self.environment.state, State.IDLE)
 
     def test_url_over_the_limit_is_414_and_closes(self) -> None:
         """A URL longer than the limit gets 414 with a JSON error, then the connection is closed."""
