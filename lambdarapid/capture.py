@@ -10,12 +10,16 @@ how telemetry hears of them.
 
 from __future__ import annotations
 
-from typing import Callable, Hashable
+from typing import Any, Callable, Hashable
+
+from twisted.internet.interfaces import IDelayedCall
 
 #: How much of an invocation's output is kept for X-Amz-Log-Result.
 LOG_TAIL_BYTES = 4096
 #: The longest output line kept whole; a longer one is forwarded in pieces.
 MAX_LINE = 64 * 1024
+#: The most reactor turns L{OutputCapture.after_output} waits for output to be read.
+MAX_OUTPUT_TURNS = 16
 
 FUNCTION = "function"
 EXTENSION = "extension"
@@ -34,9 +38,15 @@ class OutputCapture:
     def __init__(
         self,
         output: Callable[[bytes], None],
+        reactor: Any,
         keep: Callable[[bytes], bytes] | None = None,
     ) -> None:
         self._output = output
+        self._reactor = reactor
+        self._settle_call: IDelayedCall | None = None
+        self._settle_then: Callable[[], None] | None = None
+        self._settle_seen = 0
+        self._settle_turns = 0
         self._keep = keep
         self._partial: dict[Hashable, bytearray] = {}
         self._window = bytearray()
@@ -99,3 +109,40 @@ class OutputCapture:
         self._output(lines)
         if self.observer is not None:
             self.observer(source, lines)
+
+    # Waiting for what was written to be read
+
+    def after_output(self, then: Callable[[], None]) -> None:
+        """
+        Call C{then} once the output written before now has been read.
+
+        A runtime writes its log lines before it posts its answer (or exits),
+        but the reactor may read the answer's socket before the pipes, which
+        already hold the lines. Every reactor turn reads the pipes (8 KB at a
+        time), so wait for turns until one brings no output: one turn after
+        the current one at least, L{MAX_OUTPUT_TURNS} at most. Only done when
+        the log is wanted, and it costs a turn or two: microseconds.
+        """
+        self._settle_then = then
+        self._settle_seen = self.reads
+        self._settle_turns = 0
+        self._settle_call = self._reactor.callLater(0, self._settle_turn)
+
+    def _settle_turn(self) -> None:
+        self._settle_turns += 1
+        fresh = self.reads != self._settle_seen
+        self._settle_seen = self.reads
+        if (fresh or self._settle_turns == 1) and self._settle_turns < MAX_OUTPUT_TURNS:
+            self._settle_call = self._reactor.callLater(0, self._settle_turn)
+        else:
+            self._settle_call = None
+            self.settle_now()
+
+    def settle_now(self) -> None:
+        """Stop waiting for output: do now what was to be done once it was read."""
+        call, self._settle_call = self._settle_call, None
+        if call is not None and call.active():
+            call.cancel()
+        then, self._settle_then = self._settle_then, None
+        if then is not None:
+            then()

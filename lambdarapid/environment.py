@@ -7,14 +7,13 @@ Each environment listens on its own loopback port, so which process asked is
 known from the socket it asked on (and, for extensions, from their
 identifier). The environment owns its whole life cycle: the L{Pool} sends it
 commands (L{deliver}, L{time_out}, L{shut_down}) and hears of it through the
-L{EnvironmentOwner} callbacks (ready, answered, failed, ended).
+L{EnvironmentOwner} callbacks (ready, answered, failed, ended). Its
+processes are its L{Sandbox}'s; what they print, its L{OutputCapture}'s; who
+registered, its L{Extensions}'; who subscribed, its L{TelemetryHub}'s.
 
 An environment is I{released} once all its processes have exited and its
 port is closed (its slot may be reused), and has I{ended} once their pipes
-are closed too (nothing of it is left in the reactor). Whatever the runtime
-started is found by the environment's marker (its
-C{AWS_LAMBDA_LOG_STREAM_NAME}, unique to it, which children inherit) and
-killed when the runtime exits, wherever those processes were re-parented.
+are closed too (nothing of it is left in the reactor).
 """
 
 from __future__ import annotations
@@ -22,7 +21,6 @@ from __future__ import annotations
 import datetime
 import enum
 import os
-import shutil
 import signal
 import uuid
 from dataclasses import dataclass
@@ -34,8 +32,8 @@ from twisted.internet.error import CannotListenError
 from twisted.internet.interfaces import IDelayedCall, IListeningPort
 from twisted.logger import Logger
 
-from . import errors, proctree
-from .capture import EXTENSION, FUNCTION, LOG_TAIL_BYTES, OutputCapture
+from . import errors, proctree, reports
+from .capture import LOG_TAIL_BYTES, OutputCapture
 from .config import ACCOUNT_ID, RapidConfig
 from .config import endpoint_description as tcp_description
 from .extensions import (
@@ -49,29 +47,29 @@ from .extensions import (
     extension_environ,
 )
 from .invocation import Invocation, Outcome
-from .logs import application_filter, iso_time, observer
+from .logs import application_filter, observer
 from .reports import PlatformLines
 from .runtime_api import RuntimeAPIFactory
+from .sandbox import LEFTOVER_SWEEP, ORPHAN_OUTPUT_GRACE, Sandbox
 from .sandbox_process import SandboxProcess, exit_reason
 from .telemetry import TelemetryHub
 
-__all__ = ["LOG_TAIL_BYTES", "ExecutionEnvironment", "State", "exit_reason"]
+__all__ = [
+    "LEFTOVER_SWEEP",
+    "LOG_TAIL_BYTES",
+    "ORPHAN_OUTPUT_GRACE",
+    "ExecutionEnvironment",
+    "State",
+    "exit_reason",
+]
 
 #: How long a runtime gets between SIGTERM and SIGKILL when it is stopped (no extensions).
 KILL_GRACE = 2.0
 #: Lambda's limit for the init phase; a longer function timeout extends it, as
 #: Lambda retries a slow init within the first invocation's timeout.
 INIT_TIMEOUT = 10.0
-#: How long the output pipes of an exited process are read for its leftover children.
-ORPHAN_OUTPUT_GRACE = 1.0
-#: When what a runtime left is looked for a second time after its exit: one
-#: forked just before the exit may be mid-exec at the first look, its
-#: environment unreadable for that instant.
-LEFTOVER_SWEEP = 0.2
 #: How long a runtime that reported an init error gets to exit by itself.
 INIT_ERROR_EXIT_GRACE = 2.0
-#: The most reactor turns an answer waits for the runtime's output to be read.
-MAX_OUTPUT_TURNS = 16
 #: The variable whose value, unique to an environment, marks the processes its runtime started.
 MARKER_VARIABLE = "AWS_LAMBDA_LOG_STREAM_NAME"
 #: Lambda's Shutdown phase with extensions: everything is gone by then.
@@ -174,7 +172,6 @@ class ExecutionEnvironment:
         #: Set once it was asked to stop: its processes' exits are no news.
         self.stop_requested = False
         self.runtime_port = config.runtime_port + index
-        self.runtime: SandboxProcess | None = None
         #: How the runtime ended, in Lambda's words, once it has.
         self.exit_reason: str | None = None
         self._config = config
@@ -185,45 +182,42 @@ class ExecutionEnvironment:
         keep = None
         if config.log_format == "JSON" and config.application_log_level is not None:
             keep = application_filter(config.application_log_level)
-        self.capture = OutputCapture(output, keep)
-        self.telemetry = TelemetryHub(reactor, config.function)
+        self.capture = OutputCapture(output, reactor, keep)
         self.capture.observer = self._log_lines
-        self._started_at = 0.0
-        self._spawned_at = 0.0
-        self._runtime_waiting: Deferred[Invocation] | None = None
-        self._port: IListeningPort | None = None
-        self._peak_kb = 0
-        self._marker = b""
-        self._environ: dict[str, str] = {}
+        self.telemetry = TelemetryHub(reactor, config.function)
+        self.sandbox = Sandbox(
+            reactor, self.capture, self._runtime_exited, self._extension_exited, self._check_done
+        )
         external, refused = discover(config.extensions_dir)
         self._external_paths = external
         self._launch_refused = refused
         self.extensions = Extensions(
             [os.path.basename(path) for path in external], self._check_phase
         )
-        self.external: dict[str, SandboxProcess] = {}
-        self._failure: EnvironmentFailure | None = None
-        #: Timers to cancel once everything has exited.
-        self._timers: list[IDelayedCall] = []
-        #: When each exited process's pipes stop being read, if its leftovers hold them.
-        self._output_closers: dict[SandboxProcess, IDelayedCall] = {}
+        self._started_at = 0.0
+        self._spawned_at = 0.0
+        self._environ: dict[str, str] = {}
+        self._port: IListeningPort | None = None
+        self._port_closed = False
+        self._peak_kb = 0
+        self._runtime_waiting: Deferred[Invocation] | None = None
         #: Answered GET next requests this environment will never give an event.
         self._refused: list[Deferred[Invocation]] = []
         self._pending_answer: (
             tuple[Invocation, Outcome, bytes, str | None, Deferred[None]] | None
         ) = None
-        #: The invocation whose phase runs on after the runtime's answer (extensions at work).
+        #: The invocation whose phase is under way (it runs on after the runtime's answer).
         self._phase: Invocation | None = None
         self._phase_timer: IDelayedCall | None = None
-        self._answered_at = 0.0
-        self._produced = 0
-        self._settle_call: IDelayedCall | None = None
-        self._settle_then: Callable[[], None] | None = None
-        self._settle_seen = 0
-        self._settle_turns = 0
         self._runtime_done = False
-        self._sweep_call: IDelayedCall | None = None
-        self._port_closed = False
+        self._answered_at = 0.0
+        self._answer_status = "success"
+        self._produced = 0
+        self._failure: EnvironmentFailure | None = None
+        #: Shutdown's timers: cancelled once everything has exited.
+        self._timers: list[IDelayedCall] = []
+        #: What Shutdown does once the runtime has exited.
+        self._after_runtime: Callable[[], None] | None = None
         self._shutdown: Deferred[None] | None = None
         self._released: list[Deferred[None]] = []
         self._ended: list[Deferred[None]] = []
@@ -232,9 +226,18 @@ class ExecutionEnvironment:
         return f"<ExecutionEnvironment #{self.index} {self.state.value} pid={self.pid}>"
 
     @property
+    def runtime(self) -> SandboxProcess | None:
+        return self.sandbox.runtime
+
+    @property
     def pid(self) -> int | None:
         """The runtime's process id, once it is started."""
-        return self.runtime.pid if self.runtime is not None else None
+        runtime = self.sandbox.runtime
+        return runtime.pid if runtime is not None else None
+
+    @property
+    def _has_extensions(self) -> bool:
+        return bool(self._external_paths or self._launch_refused or len(self.extensions))
 
     def _now(self) -> float:
         return float(self._reactor.seconds())
@@ -259,8 +262,9 @@ class ExecutionEnvironment:
         self.runtime_port = self._port.getHost().port  # type: ignore[attr-defined]
         self._started_at = self._now()
         self._environ = self._runtime_environ()
-        self._marker = f"{MARKER_VARIABLE}={self._environ[MARKER_VARIABLE]}".encode()
-        self.telemetry.platform("platform.initStart", self._init_start_record())
+        self.telemetry.platform(
+            "platform.initStart", reports.init_start_record(self._config.function)
+        )
         if self._launch_extensions():
             self._spawn_runtime_when_registered()
 
@@ -311,126 +315,83 @@ class ExecutionEnvironment:
         )
         return environ
 
-    def _init_start_record(self) -> dict[str, Any]:
-        function = self._config.function
-        return {
-            "initializationType": "on-demand",
-            "phase": "init",
-            "functionName": function.name,
-            "functionVersion": function.version,
-            "instanceMaxMemory": function.memory_size,
-        }
-
     def _launch_extensions(self) -> bool:
         """Start every external extension at once; False if one cannot be (a LaunchError)."""
         if self._launch_refused:
-            name, why = self._launch_refused[0]
-            self._fail(EnvironmentFailure(Outcome.INIT_ERROR, "Extension.LaunchError", why, during_init=True))
-            return False
-        if len(self._external_paths) > MAX_EXTENSIONS:
-            self._fail(
-                EnvironmentFailure(
-                    Outcome.INIT_ERROR, "Extension.LaunchError", "ErrTooManyExtensions", during_init=True
-                )
+            cause: str | None = self._launch_refused[0][1]
+        elif len(self._external_paths) > MAX_EXTENSIONS:
+            cause = "ErrTooManyExtensions"
+        else:
+            cause = self.sandbox.launch_extensions(
+                self._external_paths, extension_environ(self._environ)
             )
-            return False
-        environ = extension_environ(self._environ)
-        setsid = shutil.which("setsid")
-        for path in self._external_paths:
-            name = os.path.basename(path)
-            process = SandboxProcess(
-                name, EXTENSION, self.capture, self._extension_exited, self._process_ended
-            )
-            try:
-                process.spawn(self._reactor, [path], environ, new_group=setsid)
-            except OSError as error:
-                self._fail(
-                    EnvironmentFailure(
-                        Outcome.INIT_ERROR, "Extension.LaunchError", f"fork/exec {path}: {error}",
-                        during_init=True,
-                    )
-                )
-                return False
-            self.external[name] = process
+        for name, process in self.sandbox.external.items():
             self.log.info(
                 "extension {name} of environment #{index} started (pid {pid})",
                 name=name,
                 index=self.index,
                 pid=process.pid,
             )
+        if cause is not None:
+            self._fail(
+                EnvironmentFailure(
+                    Outcome.INIT_ERROR, "Extension.LaunchError", cause, during_init=True
+                )
+            )
+            return False
         return True
 
     def _spawn_runtime_when_registered(self) -> None:
         if (
-            self.runtime is None
+            self.sandbox.runtime is None
             and self.state is State.STARTING
             and self.extensions.externals_registered
         ):
-            self._spawn_runtime()
-
-    def _spawn_runtime(self) -> None:
-        command = self._config.command
-        # Lambda runs the runtime in its task root.
-        task_root = self._environ.get("LAMBDA_TASK_ROOT")
-        self._spawned_at = self._now()
-        self.runtime = SandboxProcess(
-            "runtime", FUNCTION, self.capture, self._runtime_exited, self._process_ended
-        )
-        self.runtime.spawn(
-            self._reactor,
-            command,
-            self._environ,
-            path=task_root if task_root and os.path.isdir(task_root) else None,
-        )
-        self.log.info(
-            "runtime #{index} started (pid {pid}): {command}",
-            index=self.index,
-            command=" ".join(command),
-            pid=self.pid,
-        )
-        self.log.debug(
-            "runtime #{index} has its Runtime API on port {port}",
-            index=self.index,
-            port=self.runtime_port,
-        )
+            self._spawned_at = self._now()
+            runtime = self.sandbox.spawn_runtime(
+                self._config.command, self._environ, MARKER_VARIABLE
+            )
+            self.log.info(
+                "runtime #{index} started (pid {pid}): {command}",
+                index=self.index,
+                command=" ".join(self._config.command),
+                pid=runtime.pid,
+            )
+            self.log.debug(
+                "runtime #{index} has its Runtime API on port {port}",
+                index=self.index,
+                port=self.runtime_port,
+            )
 
     def _init_done(self) -> None:
         """The runtime and every extension asked for an event: Init is over."""
         now = self._now()
-        self.init_duration = now - (self._started_at if self.external else self._spawned_at)
-        self.telemetry.platform(
-            "platform.initRuntimeDone",
-            {"initializationType": "on-demand", "phase": "init", "status": "success"},
+        self.init_duration = now - (
+            self._started_at if self.sandbox.external else self._spawned_at
         )
+        if self.telemetry.subscribed:
+            self.telemetry.platform("platform.initRuntimeDone", reports.init_done_record("success"))
         for extension in self.extensions:
             self._report_extension(extension)
-        self.telemetry.platform(
-            "platform.initReport",
-            {
-                "initializationType": "on-demand",
-                "phase": "init",
-                "status": "success",
-                "metrics": {"durationMs": round(self.init_duration * 1000, 2)},
-            },
-        )
+        if self.telemetry.subscribed:
+            self.telemetry.platform(
+                "platform.initReport", reports.init_report_record(self.init_duration, "success")
+            )
         self.telemetry.close_subscriptions()
         self._become_idle()
 
     def _report_extension(self, extension: Extension) -> None:
         """The EXTENSION line (with reports) and the platform.extension event."""
-        record: dict[str, Any] = {
-            "name": extension.name,
-            "state": extension.state.value if not extension.waiting else "Ready",
-            "events": list(extension.events),
-        }
-        if extension.error_type:
-            record["errorType"] = extension.error_type
-        self.telemetry.platform("platform.extension", record)
+        events = list(extension.events)
+        state = extension.state.value
+        if self.telemetry.subscribed:
+            record: dict[str, Any] = {"name": extension.name, "state": state, "events": events}
+            if extension.error_type:
+                record["errorType"] = extension.error_type
+            self.telemetry.platform("platform.extension", record)
         if self._config.print_reports:
             self._print(
-                self._platform.extension(
-                    record["name"], record["state"], record["events"], extension.error_type
-                )
+                self._platform.extension(extension.name, state, events, extension.error_type)
             )
 
     # Commands from the pool
@@ -470,9 +431,8 @@ class ExecutionEnvironment:
         has its answer; the environment is reset.
         """
         if self.state is State.STARTING:
-            seconds = self._init_timeout()
+            seconds = max(INIT_TIMEOUT, self._config.function.timeout)
             message = f"Runtime init timed out after {seconds:.2f} seconds"
-            self.log.error("runtime #{index}: {message}", index=self.index, message=message)
             if self.init_error is None:
                 self.init_error = (
                     "Sandbox.Timedout",
@@ -480,9 +440,7 @@ class ExecutionEnvironment:
                 )
             error_type, document = self.init_error
             self._fail(
-                EnvironmentFailure(
-                    Outcome.INIT_ERROR, error_type or "Sandbox.Timedout", message, document, True
-                ),
+                EnvironmentFailure(Outcome.INIT_ERROR, error_type, message, document, True),
                 "timeout",
             )
             return
@@ -491,112 +449,70 @@ class ExecutionEnvironment:
         self._emit_runtime_done("timeout")
         self.shut_down("timeout")
 
-    def _init_timeout(self) -> float:
-        """How long Init may take: Lambda's 10 s, or the function's timeout if longer."""
-        return max(INIT_TIMEOUT, self._config.function.timeout)
-
     def shut_down(self, reason: str = "spindown") -> Deferred[None]:
         """
         The Shutdown phase (C{reason}: C{spindown}, C{timeout} or C{failure});
         fires once the environment has ended.
         """
-        if self.state in (State.STOPPING, State.DEAD) or self._shutdown is not None:
-            if self.state is not State.DEAD:
-                self.state = State.STOPPING
+        if self._shutdown is not None or self.state is State.DEAD:
             return self.ended()
         self.state = State.STOPPING
         self.stop_requested = True
         self._shutdown = Deferred()
         if self._phase_timer is not None and self._phase_timer.active():
             self._phase_timer.cancel()
-        if not self.external and not len(self.extensions):
-            self._stop_runtime_alone(reason)
-        else:
+        if self._has_extensions:
             self._stop_sandbox(reason)
-        if self.runtime is None and not self.external:
-            self._all_exited()
-        return self.ended()
-
-    def _stop_runtime_alone(self, reason: str) -> None:
-        """No extensions: the runtime is stopped as it always was."""
-        if reason == "spindown":
-            self._signal_runtime(signal.SIGTERM)
+        elif reason == "spindown":  # no extensions: the runtime is stopped as it always was
+            self.sandbox.signal_runtime(signal.SIGTERM)
             self._later(KILL_GRACE, self.kill)
         else:
             self.kill()
+        self._maybe_all_exited()
+        return self.ended()
 
     def _stop_sandbox(self, reason: str) -> None:
         """SIGTERM the runtime, then SHUTDOWN to the extensions, all within the 2 s budget."""
-        now = self._now()
-        deadline = now + SHUTDOWN_BUDGET
-        share = (
-            RUNTIME_SHUTDOWN_SHARE_INTERNAL if self.extensions.any_internal else RUNTIME_SHUTDOWN_SHARE
-        )
-        self._signal_runtime(signal.SIGTERM)
-        self._later(share, self._signal_runtime, signal.SIGKILL)
+        deadline = self._now() + SHUTDOWN_BUDGET
+        internal = self.extensions.any_internal
+        share = RUNTIME_SHUTDOWN_SHARE_INTERNAL if internal else RUNTIME_SHUTDOWN_SHARE
+        self.sandbox.signal_runtime(signal.SIGTERM)
+        self._later(share, self.sandbox.signal_runtime, signal.SIGKILL)
         self._later(SHUTDOWN_BUDGET, self.kill)
 
-        def extensions_next() -> None:
-            if self.state is State.DEAD and self.runtime is None:
-                return
+        def shut_extensions_down() -> None:
             self.extensions.send(
                 SHUTDOWN,
                 {"eventType": SHUTDOWN, "deadlineMs": _epoch_ms(deadline), "shutdownReason": reason},
             )
-            for name, process in self.external.items():
+            for name in self.sandbox.external:
                 extension = self.extensions.by_name.get(name)
                 if extension is None or not extension.subscribed(SHUTDOWN):
-                    process.signal(signal.SIGKILL)
+                    self.sandbox.signal_extension(name, signal.SIGKILL)
 
-        if self.runtime is None or self.runtime.has_exited:
-            extensions_next()
+        runtime = self.sandbox.runtime
+        if runtime is None or runtime.has_exited:
+            shut_extensions_down()
         else:
-            self._after_runtime = extensions_next
-
-    _after_runtime: Callable[[], None] | None = None
-
-    def _signal_runtime(self, signum: int) -> None:
-        if self.runtime is not None and not self.runtime.has_exited:
-            self.runtime.signal(signum)
+            self._after_runtime = shut_extensions_down
 
     def kill(self) -> None:
         """SIGKILL every process of the environment and everything they started."""
         if self.state is not State.DEAD:
             self.state = State.STOPPING
         self.stop_requested = True
-        self._signal_runtime(signal.SIGKILL)
-        for process in self.external.values():
-            process.signal(signal.SIGKILL)
-
-    def terminate(self, grace: float) -> Deferred[None]:
-        """Shut down as on idle reaping (C{grace} is the runtime's when there are no extensions)."""
-        return self.shut_down("spindown")
+        self.sandbox.kill()
 
     def released(self) -> Deferred[None]:
         """Fires once every process has exited and the port is closed: its slot may be reused."""
-        return self._when(self._released, self._port_closed and self._all_gone(ended=False))
+        return self._when(self._released, self._port_closed and self.sandbox.exited)
 
     def ended(self) -> Deferred[None]:
         """
         Fires once every process has ended (exited, and its output pipes
         closed) and the port is closed: nothing of this environment is left.
         """
-        return self._when(
-            self._ended, self._port_closed and self._all_gone(ended=True) and self._sweep_call is None
-        )
-
-    @property
-    def _has_extensions(self) -> bool:
-        return bool(self._external_paths or self._launch_refused or len(self.extensions))
-
-    def _processes(self) -> list[SandboxProcess]:
-        return ([self.runtime] if self.runtime is not None else []) + list(self.external.values())
-
-    def _all_gone(self, ended: bool) -> bool:
-        return all(
-            (each.has_ended if ended else each.has_exited) or each.pid is None
-            for each in self._processes()
-        )
+        return self._when(self._ended, self._port_closed and self.sandbox.ended)
 
     @staticmethod
     def _when(waiters: list[Deferred[None]], done: bool) -> Deferred[None]:
@@ -609,23 +525,25 @@ class ExecutionEnvironment:
     def _check_done(self) -> None:
         if not self._port_closed:
             return
-        if self._all_gone(ended=False):
-            waiters, self._released = self._released, []
-            for waiter in waiters:
-                waiter.callback(None)
-        if self._all_gone(ended=True) and self._sweep_call is None:
-            waiters, self._ended = self._ended, []
-            for waiter in waiters:
-                waiter.callback(None)
+        for done, waiters in (
+            (self.sandbox.exited, self._released),
+            (self.sandbox.ended, self._ended),
+        ):
+            if done:
+                for waiter in list(waiters):
+                    waiters.remove(waiter)
+                    waiter.callback(None)
 
     # The Runtime API's calls
 
     def next_invocation(self) -> Deferred[Invocation]:
         """GET /next: a Deferred that fires with the next event for this runtime."""
-        self._settle_now()  # an answer waiting for the runtime's output is taken first
+        self.capture.settle_now()  # an answer waiting for the runtime's output is taken first
         if self.state is State.BUSY:
             if self._runtime_done:
-                raise errors.invalid_state_transition("next called twice without an event between")
+                raise errors.invalid_state_transition(
+                    "next called twice without an event between"
+                )
             if not self.answered:
                 raise errors.invalid_state_transition(
                     "next called while invocation "
@@ -633,24 +551,25 @@ class ExecutionEnvironment:
                 )
             self.current = None
             self._runtime_done = True
-            self._emit_runtime_done("success")
+            self._emit_runtime_done(self._answer_status)
         elif self.state is State.IDLE:
             raise errors.invalid_state_transition("next called twice without an event between")
-        elif self.state is State.AWAY:
-            pass  # the runtime hung up an earlier GET /next and asks again
         elif self.state is State.STARTING:
             if self.init_error is not None:
                 raise errors.invalid_state_transition("next called after init/error")
             if self._runtime_waiting is not None:
-                raise errors.invalid_state_transition("next called twice without an event between")
+                raise errors.invalid_state_transition(
+                    "next called twice without an event between"
+                )
             self.extensions.registration_open = False
         elif self.state is State.STOPPING:
             # No more events, ever: this one is answered when the runtime is gone.
             refused: Deferred[Invocation] = Deferred(self._refused_cancelled)
             self._refused.append(refused)
             return refused
-        else:  # DEAD: a child the runtime left is asking.
+        elif self.state is State.DEAD:  # a child the runtime left is asking
             raise errors.container_error("this execution environment's runtime has exited")
+        # AWAY: the runtime hung up an earlier GET /next and asks again.
         waiting: Deferred[Invocation] = Deferred(self._next_cancelled)
         self._runtime_waiting = waiting
         self._check_phase()
@@ -681,60 +600,38 @@ class ExecutionEnvironment:
             timer.cancel()
         if invocation is not None and self.telemetry.subscribed:
             now = self._now()
-            overhead = max(0.0, now - self._answered_at) if self._answered_at else 0.0
             self.telemetry.platform(
                 "platform.report",
-                {
-                    "requestId": invocation.request_id,
-                    "status": "success",
-                    "metrics": self._report_metrics(now),
-                    "spans": [
-                        {
-                            "name": "extensionOverhead",
-                            "start": _iso(self._answered_at or now),
-                            "durationMs": round(overhead * 1000, 3),
-                        }
-                    ],
-                },
+                reports.report_record(
+                    invocation.request_id,
+                    self._config.function,
+                    self.delivered_at,
+                    self._answered_at or now,
+                    now,
+                    -(-self.peak_memory_kb() // 1024),
+                    self.init_duration if self.invocations == 1 else None,
+                    self._answer_status,
+                    invocation.trace_id,
+                ),
             )
         self._become_idle()
-
-    def _report_metrics(self, now: float) -> dict[str, Any]:
-        duration = round(((self._answered_at or now) - self.delivered_at) * 1000, 2)
-        metrics: dict[str, Any] = {
-            "durationMs": duration,
-            "billedDurationMs": max(1, int(-(-duration // 1))),
-            "memorySizeMB": self._config.function.memory_size,
-            "maxMemoryUsedMB": -(-self.peak_memory_kb() // 1024),
-        }
-        if self.invocations == 1 and self.init_duration is not None:
-            metrics["initDurationMs"] = round(self.init_duration * 1000, 2)
-        return metrics
 
     def _emit_runtime_done(self, status: str) -> None:
         invocation = self._phase
         if invocation is None or not self.telemetry.subscribed:
             return
         end = self._answered_at if self.answered and self._answered_at else self._now()
-        record: dict[str, Any] = {
-            "requestId": invocation.request_id,
-            "status": status,
-            "metrics": {
-                "durationMs": round((end - self.delivered_at) * 1000, 2),
-                "producedBytes": self._produced,
-            },
-            "spans": [
-                {
-                    "name": "responseLatency",
-                    "start": _iso(self.delivered_at),
-                    "durationMs": round((end - self.delivered_at) * 1000, 3),
-                },
-                {"name": "responseDuration", "start": _iso(end), "durationMs": 0.0},
-            ],
-        }
-        if invocation.trace_id:
-            record["tracing"] = {"type": "X-Amzn-Trace-Id", "value": invocation.trace_id}
-        self.telemetry.platform("platform.runtimeDone", record)
+        self.telemetry.platform(
+            "platform.runtimeDone",
+            reports.runtime_done_record(
+                invocation.request_id,
+                status,
+                self.delivered_at,
+                end,
+                self._produced,
+                invocation.trace_id,
+            ),
+        )
 
     def _refused_cancelled(self, refused: Deferred[Invocation]) -> None:
         if refused in self._refused:
@@ -766,29 +663,30 @@ class ExecutionEnvironment:
             )
         self.answered = True
         self._answered_at = self._now()
+        self._answer_status = "success" if outcome is Outcome.SUCCESS else "error"
         self._produced = len(body)
-        self._arm_phase_timer(current)
+        if len(self.extensions) and current.deadline is not None:
+            # The pool's timer ends with the answer; the extensions still have until the deadline.
+            self._phase_timer = self._reactor.callLater(
+                max(0.0, current.deadline - self._now()), self._phase_timed_out, current
+            )
         if not self._wants_log(current):
             self._owner.environment_answered(self, outcome, body, error_type)
             return None
         taken: Deferred[None] = Deferred()
         self._pending_answer = (current, outcome, body, error_type, taken)
-        self._after_output(self._take_answer)
+        self.capture.after_output(self._take_answer)
         return taken
-
-    def _arm_phase_timer(self, invocation: Invocation) -> None:
-        """Once answered, the pool's timer is over; extensions still have until the deadline."""
-        if not len(self.extensions) or invocation.deadline is None:
-            return
-        self._phase_timer = self._reactor.callLater(
-            max(0.0, invocation.deadline - self._now()), self._phase_timed_out, invocation
-        )
 
     def _phase_timed_out(self, invocation: Invocation) -> None:
         self._phase_timer = None
         if self._phase is not invocation or self.state is not State.BUSY:
             return
-        busy = [each.name for each in self.extensions if each.waiting is None and each.subscribed(INVOKE)]
+        busy = [
+            each.name
+            for each in self.extensions
+            if each.waiting is None and each.subscribed(INVOKE)
+        ]
         self.log.warn(
             "extensions {names} of environment #{index} did not finish invocation {request_id} "
             "by its deadline: resetting the environment",
@@ -815,13 +713,15 @@ class ExecutionEnvironment:
         if self.state is not State.STARTING or self.init_error is not None:
             raise errors.invalid_state_transition("init/error is only allowed during init")
         self.init_error = (error_type, body)
-        self._later(INIT_ERROR_EXIT_GRACE, self._signal_runtime, signal.SIGKILL)
+        self._later(INIT_ERROR_EXIT_GRACE, self.sandbox.signal_runtime, signal.SIGKILL)
 
     # The Extensions API's calls
 
-    def register_extension(self, name: str | None, body: bytes, account: bool) -> tuple[str, dict[str, Any]]:
+    def register_extension(
+        self, name: str | None, body: bytes, account: bool
+    ) -> tuple[str, dict[str, Any]]:
         """POST /extension/register: the identifier and the document to answer with."""
-        if self.state not in (State.STARTING,):
+        if self.state is not State.STARTING:
             raise errors.registration_closed()
         extension = self.extensions.register(name, body)
         self.log.info(
@@ -881,20 +781,15 @@ class ExecutionEnvironment:
     # Failures
 
     def _extension_failure(self, extension: Extension | None, cause: str) -> EnvironmentFailure:
-        if extension is not None and extension.error_type is not None:
-            error_type = (
-                "Extension.InitError"
-                if extension.state is ExtensionState.INIT_ERROR
-                else "Extension.ExitError"
-            )
+        if extension is not None and extension.state is ExtensionState.INIT_ERROR:
+            error_type = "Extension.InitError"
+        elif extension is not None and extension.state is ExtensionState.EXIT_ERROR:
+            error_type = "Extension.ExitError"
         else:
             error_type = "Extension.Crash"
-        return EnvironmentFailure(
-            Outcome.INIT_ERROR if self.state is State.STARTING else Outcome.RUNTIME_EXIT,
-            error_type,
-            cause,
-            during_init=self.state is State.STARTING,
-        )
+        starting = self.state is State.STARTING
+        outcome = Outcome.INIT_ERROR if starting else Outcome.RUNTIME_EXIT
+        return EnvironmentFailure(outcome, error_type, cause, during_init=starting)
 
     def _fail(self, failure: EnvironmentFailure, reason: str = "failure") -> None:
         """The first fatal error decides the answer; the environment then shuts down."""
@@ -911,61 +806,55 @@ class ExecutionEnvironment:
             if failure.during_init:
                 self.telemetry.platform(
                     "platform.initRuntimeDone",
-                    {
-                        "initializationType": "on-demand",
-                        "phase": "init",
-                        "status": "error",
-                        "errorType": failure.error_type,
-                    },
+                    reports.init_done_record("error", failure.error_type),
                 )
             elif self._phase is not None and not self._runtime_done:
                 self._emit_runtime_done("failure")
             self.telemetry.flush()
         if self._config.print_reports and failure.during_init and self._has_extensions:
-            self._print(self._platform.init_report_error(
+            self._print(
+                self._platform.init_report_error(
                     self._now() - self._started_at, failure.error_type or "Unknown"
-                ))
+                )
+            )
             for extension in self.extensions:
                 self._report_extension(extension)
         self._owner.environment_failed(self, failure)
         self.current = None
         self.shut_down(reason)
 
-    # Processes' ends
+    # The processes' ends
 
     def _extension_exited(self, process: SandboxProcess, why: str) -> None:
         process.finish_output()
-        extension = self.extensions.by_name.get(process.name)
-        if self.stop_requested:
-            if process.exit_status != 0:
-                self.log.warn(
-                    "extension {name} of environment #{index} ShutdownFailed: {why}",
-                    name=process.name,
-                    index=self.index,
-                    why=why,
-                )
-        else:
+        if not self.stop_requested:
             self.log.warn(
                 "extension {name} of environment #{index} exited: {why}",
                 name=process.name,
                 index=self.index,
                 why=why,
             )
-            self._fail(self._extension_failure(extension, why))
-        self._close_output_later(process)
+            self._fail(self._extension_failure(self.extensions.by_name.get(process.name), why))
+        elif process.exit_status != 0:
+            self.log.warn(
+                "extension {name} of environment #{index} ShutdownFailed: {why}",
+                name=process.name,
+                index=self.index,
+                why=why,
+            )
+        self.sandbox.done_with(process)
         self._maybe_all_exited()
 
     def _runtime_exited(self, process: SandboxProcess, why: str) -> None:
-        self._settle_now()  # an answer posted before the exit comes first
-        # What the runtime started goes with it (its children are no longer
-        # its children: they were re-parented, so found by the marker).
-        proctree.signal_marked(self._marker, signal.SIGKILL)
-        self._sweep_call = self._reactor.callLater(LEFTOVER_SWEEP, self._sweep)
+        self.capture.settle_now()  # an answer posted before the exit comes first
         self.log.info(
-            "runtime #{index} (pid {pid}) exited: {reason}", index=self.index, pid=process.pid, reason=why
+            "runtime #{index} (pid {pid}) exited: {reason}",
+            index=self.index,
+            pid=process.pid,
+            reason=why,
         )
         if self._wants_log(self.current):
-            self._after_output(lambda: self._runtime_gone(process, why))
+            self.capture.after_output(lambda: self._runtime_gone(process, why))
         else:
             self._runtime_gone(process, why)
 
@@ -998,27 +887,16 @@ class ExecutionEnvironment:
                 error=self.init_error[1].decode("utf-8", "replace"),
             )
         self.current = None  # an answer from now on is for an invocation that is over: 400
-        self._close_output_later(process)
+        self.sandbox.done_with(process)
         after, self._after_runtime = self._after_runtime, None
         if after is not None:
             after()
         self._maybe_all_exited()
 
-    def _close_output_later(self, process: SandboxProcess) -> None:
-        if not process.has_ended:
-            self._output_closers[process] = self._reactor.callLater(
-                ORPHAN_OUTPUT_GRACE, self._close_output, process
-            )
-
-    def _close_output(self, process: SandboxProcess) -> None:
-        """Stop reading pipes that processes it left still hold, and kill those again."""
-        self._output_closers.pop(process, None)
-        if process is self.runtime:
-            proctree.signal_marked(self._marker, signal.SIGKILL)
-        process.close_output()
-
     def _maybe_all_exited(self) -> None:
-        if self._all_gone(ended=False):
+        runtime = self.sandbox.runtime
+        runtime_pending = runtime is not None and runtime.has_exited and self.exit_reason is None
+        if self.sandbox.exited and not runtime_pending:
             self._all_exited()
 
     def _all_exited(self) -> None:
@@ -1043,18 +921,6 @@ class ExecutionEnvironment:
         if shutdown is not None:
             shutdown.callback(None)
 
-    def _sweep(self) -> None:
-        """Kill what the runtime left once more; the environment has ended only after this."""
-        self._sweep_call = None
-        proctree.signal_marked(self._marker, signal.SIGKILL)
-        self._check_done()
-
-    def _process_ended(self, process: SandboxProcess) -> None:
-        closer = self._output_closers.pop(process, None)
-        if closer is not None and closer.active():
-            closer.cancel()
-        self._check_done()
-
     def close(self) -> Deferred[None]:
         """Stop listening (at the end, or for an environment whose runtime never started)."""
         port, self._port = self._port, None
@@ -1073,52 +939,13 @@ class ExecutionEnvironment:
         return self.capture.window()
 
     def _log_lines(self, source: str, lines: bytes) -> None:
-        if not self.telemetry.subscribed:
-            return
-        for line in lines.splitlines():
-            self.telemetry.log_line(source, line)
-
-    def _after_output(self, then: Callable[[], None]) -> None:
-        """
-        Call C{then} once the output the runtime wrote before now has been read.
-
-        A runtime writes its log lines before it posts its answer (or exits),
-        but the reactor may read the answer's socket before the pipes, which
-        already hold the lines. Every reactor turn reads the pipes (8 KB at a
-        time), so wait for turns until one brings no output: one turn after
-        the current one at least, L{MAX_OUTPUT_TURNS} at most. Only done when
-        the log is wanted, and it costs a turn or two: microseconds.
-        """
-        self._settle_then = then
-        self._settle_seen = self.capture.reads
-        self._settle_turns = 0
-        self._settle_call = self._reactor.callLater(0, self._settle_turn)
-
-    def _settle_turn(self) -> None:
-        self._settle_turns += 1
-        fresh = self.capture.reads != self._settle_seen
-        self._settle_seen = self.capture.reads
-        if (fresh or self._settle_turns == 1) and self._settle_turns < MAX_OUTPUT_TURNS:
-            self._settle_call = self._reactor.callLater(0, self._settle_turn)
-        else:
-            self._settle_call = None
-            self._settle_now()
-
-    def _settle_now(self) -> None:
-        """Stop waiting for output: do now what was to be done once it was read."""
-        call, self._settle_call = self._settle_call, None
-        if call is not None and call.active():
-            call.cancel()
-        then, self._settle_then = self._settle_then, None
-        if then is not None:
-            then()
+        if self.telemetry.subscribed:
+            for line in lines.splitlines():
+                self.telemetry.log_line(source, line)
 
     def peak_memory_kb(self) -> int:
         """The peak RSS of the runtime's process tree, in kB (its last reading once it is gone)."""
-        if self.pid is not None and self.runtime is not None and not self.runtime.has_exited:
-            self._peak_kb = max(self._peak_kb, proctree.peak_rss_kb(self.pid))
+        runtime = self.sandbox.runtime
+        if runtime is not None and runtime.pid is not None and not runtime.has_exited:
+            self._peak_kb = max(self._peak_kb, proctree.peak_rss_kb(runtime.pid))
         return self._peak_kb
-
-
-def _iso(seconds: float) -> str:
-    return iso_time(seconds)

@@ -156,3 +156,95 @@ class PlatformLines:
             f"INIT_REPORT Init Duration: {milliseconds:.2f} ms\tPhase: init\t"
             f"Status: error\tError Type: {error_type}\n"
         ).encode()
+
+
+# The Telemetry API's platform records (the events extensions subscribe to).
+
+
+def init_start_record(function: Function) -> dict[str, Any]:
+    return {
+        "initializationType": "on-demand",
+        "phase": "init",
+        "functionName": function.name,
+        "functionVersion": function.version,
+        "instanceMaxMemory": function.memory_size,
+    }
+
+
+def init_done_record(status: str, error_type: str | None = None) -> dict[str, Any]:
+    """C{platform.initRuntimeDone}'s record."""
+    record: dict[str, Any] = {"initializationType": "on-demand", "phase": "init", "status": status}
+    if error_type:
+        record["errorType"] = error_type
+    return record
+
+
+def init_report_record(duration: float, status: str) -> dict[str, Any]:
+    return {
+        "initializationType": "on-demand",
+        "phase": "init",
+        "status": status,
+        "metrics": {"durationMs": round(duration * 1000, 2)},
+    }
+
+
+def _span(name: str, start: float, seconds: float) -> dict[str, Any]:
+    return {"name": name, "start": iso_time(start), "durationMs": round(seconds * 1000, 3)}
+
+
+def _tracing(trace_id: str | None) -> dict[str, Any]:
+    return {"tracing": {"type": "X-Amzn-Trace-Id", "value": trace_id}} if trace_id else {}
+
+
+def runtime_done_record(
+    request_id: str,
+    status: str,
+    delivered: float,
+    answered: float,
+    produced: int,
+    trace_id: str | None = None,
+) -> dict[str, Any]:
+    """C{platform.runtimeDone}: how long the runtime took and what it produced."""
+    return {
+        "requestId": request_id,
+        "status": status,
+        "metrics": {
+            "durationMs": round((answered - delivered) * 1000, 2),
+            "producedBytes": produced,
+        },
+        "spans": [
+            _span("responseLatency", delivered, answered - delivered),
+            _span("responseDuration", answered, 0.0),
+        ],
+        **_tracing(trace_id),
+    }
+
+
+def report_record(
+    request_id: str,
+    function: Function,
+    delivered: float,
+    answered: float,
+    done: float,
+    max_memory_mb: int,
+    init_duration: float | None,
+    status: str = "success",
+    trace_id: str | None = None,
+) -> dict[str, Any]:
+    """C{platform.report}, sent once the extensions are done too (their share is a span)."""
+    milliseconds = round((answered - delivered) * 1000, 2)
+    metrics: dict[str, Any] = {
+        "durationMs": milliseconds,
+        "billedDurationMs": _billed(milliseconds),
+        "memorySizeMB": function.memory_size,
+        "maxMemoryUsedMB": max_memory_mb,
+    }
+    if init_duration is not None:
+        metrics["initDurationMs"] = round(init_duration * 1000, 2)
+    return {
+        "requestId": request_id,
+        "status": status,
+        "metrics": metrics,
+        "spans": [_span("extensionOverhead", answered, max(0.0, done - answered))],
+        **_tracing(trace_id),
+    }
