@@ -105,3 +105,11 @@ def signal_marked(marker: bytes, signum: int = signal.SIGKILL) -> None:
             os.kill(each, signum)
         except OSError:
             pass
+
+
+def signal_group(pgid: int, signum: int) -> None:
+    """Signal process group C{pgid} (an extension and what it started), if it is still there."""
+    try:
+        os.killpg(pgid, signum)
+    except OSError:
+        pass

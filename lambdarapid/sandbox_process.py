@@ -8,7 +8,6 @@ and when it has ended (its pipes closed too).
 
 from __future__ import annotations
 
-import os
 import signal
 from typing import Any, Callable, Mapping, Sequence
 
@@ -96,10 +95,7 @@ class SandboxProcess(ProcessProtocol):
         if self.has_exited or self.pid is None:
             return
         if self.group:
-            try:
-                os.killpg(self.pid, signum)
-            except OSError:
-                pass
+            proctree.signal_group(self.pid, signum)
         proctree.signal_tree(self.pid, signum)
 
     def close_output(self) -> None:

@@ -138,6 +138,8 @@ class FakeProcessReactor(MemoryReactorClock):
         self.memory_kb: dict[int, int] = {}
         #: What L{signal_marked} was asked: (marker, signal), in order.
         self.marked_signals: list[tuple[bytes, int]] = []
+        #: What L{signal_group} was asked: (process group, signal), in order.
+        self.group_signals: list[tuple[int, int]] = []
         self._next_pid = FIRST_FAKE_PID
 
     def spawnProcess(
@@ -178,6 +180,9 @@ class FakeProcessReactor(MemoryReactorClock):
     def signal_marked(self, marker: bytes, signum: int = signal.SIGKILL) -> None:
         self.marked_signals.append((marker, signum))
 
+    def signal_group(self, pgid: int, signum: int) -> None:
+        self.group_signals.append((pgid, signum))
+
     def peak_rss_kb(self, pid: int) -> int:
         return self.memory_kb.get(pid, 0)
 
@@ -191,6 +196,7 @@ def fake_process_reactor(case: SynchronousTestCase) -> FakeProcessReactor:
     case.patch(proctree, "signal_tree", reactor.signal_tree)
     case.patch(proctree, "peak_rss_kb", reactor.peak_rss_kb)
     case.patch(proctree, "signal_marked", reactor.signal_marked)
+    case.patch(proctree, "signal_group", reactor.signal_group)
     return reactor
 
 
