@@ -360,7 +360,11 @@ class PythonExtensionTests(TestCase):
         for result, n in ((first, 1), (second, 2)):
             self.assertEqual((result.status, result.function_error), (200, None), result.payload)
             self.assertEqual(result.json(), {"n": n})
-        got = events(record_dir, "python-extension")
+        # The extension records an event just after the runtime got it too: it may come after the answer.
+        got = await wait_for(
+            "two INVOKE events",
+            lambda: len(events(record_dir, "python-extension")) >= 2 and events(record_dir, "python-extension"),
+        )
         self.assertEqual([e["requestId"] for e in got], [first.request_id, second.request_id])
         invoke_at = [each["at"] for each in kinds(record_dir, "python-extension", "event")]
         # The first answer did not wait for the extension's 1.5 s...
@@ -581,6 +585,57 @@ class ExtensionFailureTests(ExtensionFailureAssertions):
         pending.addErrback(lambda _: None)
 
 
+class ResetTests(ExtensionFailureAssertions):
+    """A reset (timeout, failure) sends SHUTDOWN with its reason to the surviving extensions."""
+
+    timeout = 30
+
+    async def shutdown_of(self, record_dir: str, name: str) -> dict[str, Any]:
+        [shutdown] = await wait_for(
+            f"{name}'s SHUTDOWN",
+            lambda: [e for e in events(record_dir, name) if e["eventType"] == "SHUTDOWN"],
+        )
+        return shutdown  # type: ignore[no-any-return]
+
+    async def test_timeout_reset(self) -> None:
+        """An invocation that times out: SHUTDOWN reason timeout, the extension exits, the next re-inits."""
+        record_dir = make_record_dir(self)
+        daemon = await start(
+            self,
+            "handlers.sleep",
+            make_extensions_dir(self, python_extension=RECORDING),
+            record_dir,
+            {"AWS_LAMBDA_FUNCTION_TIMEOUT": 1},
+        )
+        result = await daemon.invoke({"seconds": 3})
+        self.assertEqual((result.status, result.function_error), (200, "Unhandled"), result.payload)
+        self.assertEqual(result.json()["errorType"], "Sandbox.Timedout")
+        shutdown = await self.shutdown_of(record_dir, "python-extension")
+        self.assertEqual(shutdown["shutdownReason"], "timeout")
+        [pid] = extension_pids(self, record_dir, "python-extension")
+        self.assertTrue(await wait_until_gone(pid, 2.5))
+        again = await daemon.invoke({"seconds": 0})
+        self.assertEqual((again.status, again.function_error), (200, None), again.payload)
+        self.assertEqual(len(extension_pids(self, record_dir, "python-extension")), 2)
+
+    async def test_failure_reset(self) -> None:
+        """One extension crashes on INVOKE: the other gets SHUTDOWN reason failure and exits."""
+        record_dir = make_record_dir(self)
+        daemon = await start(
+            self,
+            "handlers.sleep",
+            make_extensions_dir(self, crasher=SAMPLE, survivor=RECORDING),
+            record_dir,
+            EXT_CRASHER="crash-on-invoke",
+        )
+        result = await daemon.invoke({"seconds": 1})
+        self.assert_extension_error(result, "Extension.Crash", "exit status 4")
+        shutdown = await self.shutdown_of(record_dir, "survivor")
+        self.assertEqual(shutdown["shutdownReason"], "failure")
+        [pid] = extension_pids(self, record_dir, "survivor")
+        self.assertTrue(await wait_until_gone(pid, 2.5))
+
+
 class TelemetryTests(TestCase):
     """The Telemetry API (2022-07-01) and the Logs API (2020-08-15) deliver to a subscribed extension."""
 
@@ -712,5 +767,8 @@ class ConcurrencyTests(ExtensionFailureAssertions):
         self.assertEqual(len(ok), 1, [r.payload for r in results])
         self.assertEqual(ok[0].json()["slept"], 1)
         self.assert_extension_error(failed[0], "Extension.Crash", None)
-        everything = daemon.output.decode("utf-8", "replace") + "\n".join(logs.messages)
-        self.assertIn("MAX_CONCURRENCY=1", everything)
+        # The advice is a warning of the daemon's log (stderr when run as a program), not
+        # the function's output: RunningDaemon.output does not have it.
+        warnings = [m for m in logs.messages if "MAX_CONCURRENCY=1" in m]
+        self.assertEqual(len(warnings), 1, logs.messages[-20:])
+        self.assertIn("fixed port", warnings[0])
