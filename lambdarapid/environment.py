@@ -771,7 +771,7 @@ class ExecutionEnvironment:
         )
         if extension.internal:
             # An internal extension has no process of its own to exit: its report is the failure.
-            self._fail(self._extension_failure(extension, "exit status 0"))
+            self._fail(self._extension_failure(extension, "exit code 0"))
 
     def subscribe(self, api: str, identifier: bytes | None, body: bytes) -> None:
         """PUT /telemetry or /logs."""
@@ -834,7 +834,9 @@ class ExecutionEnvironment:
                 index=self.index,
                 why=why,
             )
-            self._fail(self._extension_failure(self.extensions.by_name.get(process.name), why))
+            # RAPID's words for an extension's clean exit are "exit code 0".
+            cause = "exit code 0" if process.exit_status == 0 else why
+            self._fail(self._extension_failure(self.extensions.by_name.get(process.name), cause))
         elif process.exit_status != 0:
             self.log.warn(
                 "extension {name} of environment #{index} ShutdownFailed: {why}",

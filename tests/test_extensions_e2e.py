@@ -508,8 +508,7 @@ class ExtensionFailureTests(ExtensionFailureAssertions):
 
     async def test_init_error(self) -> None:
         """init/error, then exit 0: Extension.InitError."""
-        # FAILS: the cause is "exit status 0"; RAPID (EXTENSIONS.md section 5) says "exit code 0"
-        # for an extension that exits 0 (Go's ExitError only exists for non-zero statuses).
+        # RAPID says "exit code 0" for an extension that exits 0 (EXTENSIONS.md section 5).
         await self.failing("init-error", "Extension.InitError", "exit code 0")
 
     async def test_exit_error(self) -> None:

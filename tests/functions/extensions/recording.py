@@ -35,6 +35,7 @@ if DELAY:
     record("delayed", DELAY)
 # Imported, not run as __main__: runpy would set sys.argv[0], the name the sample registers with.
 spec = importlib.util.spec_from_file_location("sample", os.environ["EXT_SAMPLE"])
+assert spec is not None and spec.loader is not None
 sample = importlib.util.module_from_spec(spec)
 spec.loader.exec_module(sample)
 sample.main()

@@ -21,6 +21,8 @@ API = os.environ["AWS_LAMBDA_RUNTIME_API"]
 BEHAVIOUR = os.environ.get("EXT_" + NAME.upper().replace("-", "_"), os.environ.get("EXT_BEHAVIOUR", "normal"))
 RECORD_DIR = os.environ.get("EXT_RECORD_DIR")
 SLEEP = float(os.environ.get("EXT_SLEEP", "1"))
+#: EXT_QUIET=1: print nothing per event (the benchmark measures the mechanism, not the log lines).
+QUIET = os.environ.get("EXT_QUIET") == "1"
 
 
 def record(kind, value):
@@ -125,7 +127,8 @@ def main():
         event = json.loads(body)
         event["_eventId"] = event_headers.get("Lambda-Extension-Event-Identifier")
         record("event", event)
-        print(f"[{NAME}] got {event['eventType']}", flush=True)
+        if not QUIET:
+            print(f"[{NAME}] got {event['eventType']}", flush=True)
         if event["eventType"] == "SHUTDOWN":
             if BEHAVIOUR == "ignore-shutdown":
                 time.sleep(3600)
