@@ -21,6 +21,9 @@ given as a ratio against the baseline:
   profile     (opt-in) py-spy on the daemon under load, grouped by module
   metrics     (opt-in) the daemon's CPU per invocation with METRICS_PORT set
               against unset, two daemons in the same run, measured in turn
+  extensions  (opt-in) the daemon's CPU per invocation with one INVOKE-subscribed
+              extension, and with one Telemetry subscriber, against none: three
+              daemons in the same run, measured in turn
 
 Throughput uses wrk (one thread) when it is installed, else a Python asyncio
 load generator in its own process; the output says which. Results are printed
@@ -30,6 +33,7 @@ as tables and written as JSON (benchmarks/results/daemon-<timestamp>.json).
     python benchmarks/bench_daemon.py --quick      # ~1 min smoke run
     python benchmarks/bench_daemon.py --sections profile --profile-seconds 10
     python benchmarks/bench_daemon.py --sections metrics --metrics-rounds 5
+    python benchmarks/bench_daemon.py --sections extensions
 """
 
 from __future__ import annotations
@@ -64,7 +68,11 @@ HOST = "127.0.0.1"
 INVOKE_PATH = "/2015-03-31/functions/function/invocations"
 BASELINE_PATH = "/echo"
 CLK_TCK = os.sysconf("SC_CLK_TCK")
-ALL_SECTIONS = ("latency", "throughput", "coldstart", "validation", "profile", "metrics")
+ALL_SECTIONS = (
+    "latency", "throughput", "coldstart", "validation", "profile", "metrics", "extensions",
+)
+#: The extension the extensions section runs: the tests' sample, in the AWS samples' shape.
+SAMPLE_EXTENSION = ROOT / "tests" / "functions" / "extensions" / "sample.py"
 DEFAULT_SECTIONS = ("latency", "throughput", "coldstart", "validation")
 
 
@@ -424,7 +432,8 @@ def daemon_command() -> list[str]:
     return [sys.executable, "-c", "import sys; from lambdarapid.scripts import rapid; rapid(sys.argv[1:])"]
 
 
-def make_daemon(max_concurrency: int, logdir: Path, metrics: bool = False) -> Server:
+def make_daemon(max_concurrency: int, logdir: Path, metrics: bool = False,
+                label: str = "", extra_env: dict[str, str] | None = None) -> Server:
     port = free_port_block(1)
     runtime_port = free_port_block(max_concurrency)
     env = {k: v for k, v in os.environ.items() if not k.startswith(("AMQP_", "ENABLE_OPENFAAS"))}
@@ -442,6 +451,9 @@ def make_daemon(max_concurrency: int, logdir: Path, metrics: bool = False) -> Se
     if metrics:
         env["METRICS_PORT"] = str(free_port_block(1))
         name += "+metrics"
+    env.setdefault("EXTENSIONS_DIR", "")
+    env.update(extra_env or {})
+    name += label
     argv = daemon_command() + [sys.executable, "-m", "awslambdaric", "echo.handler"]
     return Server(name, argv, INVOKE_PATH, env, ECHO_DIR, logdir, port)
 
@@ -506,6 +518,74 @@ def measure_metrics_overhead(args: argparse.Namespace, loadgen: Wrk | PyLoad, bo
         invocations_counted=counted,
         rows=rows,
     )
+
+
+def extensions_dir(tmpdir: Path, name: str) -> Path:
+    """A directory holding the sample extension under C{name}."""
+    directory = tmpdir / f"extensions-{name}"
+    directory.mkdir(exist_ok=True)
+    shutil.copy(SAMPLE_EXTENSION, directory / name)
+    (directory / name).chmod(0o755)
+    return directory
+
+
+def measure_extensions_overhead(args: argparse.Namespace, loadgen: Wrk | PyLoad, body_file: Path,
+                                logdir: Path, tmpdir: Path) -> dict[str, Any]:
+    """
+    The daemon's CPU per small invocation with no extension, with one
+    extension subscribed to INVOKE (it loops on next, printing nothing), and
+    with one Telemetry subscriber (the same extension, subscribed to platform
+    and function events, batches every 25 ms): three daemons (MAX_CONCURRENCY
+    as the first --max-concurrency) running at once, measured in turn (the
+    order rotated every round) at --metrics-connections, for
+    --metrics-rounds rounds; each figure is a ratio of medians against none.
+    The extensions' own CPU is the extension's, not the daemon's: it is not counted.
+    """
+    mc = args.max_concurrency[0]
+    quiet = {"EXT_QUIET": "1"}
+    daemons = [
+        make_daemon(mc, logdir, label="-no-extension"),
+        make_daemon(mc, logdir, label="-invoke-extension", extra_env={
+            **quiet, "EXTENSIONS_DIR": str(extensions_dir(tmpdir, "invoke-extension")),
+        }),
+        make_daemon(mc, logdir, label="-telemetry-subscriber", extra_env={
+            **quiet, "EXT_BEHAVIOUR": "telemetry", "EXT_TYPES": "platform,function",
+            "EXTENSIONS_DIR": str(extensions_dir(tmpdir, "telemetry-extension")),
+        }),
+    ]
+    rows: dict[str, list[dict[str, Any]]] = {d.name: [] for d in daemons}
+    try:
+        for server in daemons:
+            server.start()
+        conns = args.metrics_connections
+        for round_ in range(args.metrics_rounds):
+            shift = round_ % len(daemons)
+            for server in daemons[shift:] + daemons[:shift]:
+                row = least_disturbed(lambda: measure_throughput(
+                    server, loadgen, "small", body_file, conns, args.duration, max_requests=0,
+                    warmup=max(300, 20 * conns)), args, f"{server.name}: small x{conns}")
+                log(f"{server.name}: round {round_ + 1}: {fmt(row['server_cpu_us_per_req'], '.0f')} µs/req, "
+                    f"{fmt(row.get('rps'), '.0f')} req/s")
+                rows[server.name].append(row)
+    finally:
+        for server in daemons:
+            server.stop()
+
+    def median(name: str, key: str) -> float | None:
+        values = [r[key] for r in rows[name] if r.get(key)]
+        return statistics.median(values) if values else None
+
+    none = median(daemons[0].name, "server_cpu_us_per_req")
+    figures = {}
+    for server in daemons:
+        us = median(server.name, "server_cpu_us_per_req")
+        figures[server.name] = dict(
+            us_per_req=us, ratio=us / none if us and none else None,
+            rps=median(server.name, "rps"),
+            runs=[r["server_cpu_us_per_req"] for r in rows[server.name]],
+        )
+    return dict(max_concurrency=mc, connections=args.metrics_connections,
+                rounds=args.metrics_rounds, figures=figures, rows=rows)
 
 
 def make_baseline(site: str, logdir: Path) -> Server:
@@ -1494,6 +1574,12 @@ def main(argv: list[str]) -> int:
         if "metrics" in args.sections:
             results["metrics"] = measure_metrics_overhead(args, loadgen, body_files["small"], logdir)
             log(f"metrics: ratio {fmt(results['metrics']['ratio'], '.3f')}")
+        if "extensions" in args.sections:
+            results["extensions"] = measure_extensions_overhead(
+                args, loadgen, body_files["small"], logdir, tmp)
+            for name, figure in results["extensions"]["figures"].items():
+                log(f"extensions: {name}: {fmt(figure['us_per_req'], '.0f')} µs/req, "
+                    f"ratio {fmt(figure['ratio'], '.3f')}")
         if "profile" in args.sections:
             results["profile"] = run_profile(args, loadgen, body_files, logdir, output)
     finally:

@@ -77,6 +77,8 @@ SHUTDOWN_BUDGET = 2.0
 #: The runtime's share of it (more when an internal extension must flush).
 RUNTIME_SHUTDOWN_SHARE = 0.3
 RUNTIME_SHUTDOWN_SHARE_INTERNAL = 0.5
+#: How often telemetry's reports read the runtime's peak memory from /proc at most.
+MEMORY_READ_INTERVAL = 0.1
 #: How long telemetry still gets to deliver at the end of a Shutdown.
 TELEMETRY_FLUSH_TIMEOUT = 0.5
 
@@ -200,6 +202,7 @@ class ExecutionEnvironment:
         self._port: IListeningPort | None = None
         self._port_closed = False
         self._peak_kb = 0
+        self._peak_read_at = float("-inf")
         self._runtime_waiting: Deferred[Invocation] | None = None
         #: Answered GET next requests this environment will never give an event.
         self._refused: list[Deferred[Invocation]] = []
@@ -608,7 +611,7 @@ class ExecutionEnvironment:
                     self.delivered_at,
                     self._answered_at or now,
                     now,
-                    -(-self.peak_memory_kb() // 1024),
+                    -(-self._recent_peak_memory_kb() // 1024),
                     self.init_duration if self.invocations == 1 else None,
                     self._answer_status,
                     invocation.trace_id,
@@ -944,6 +947,19 @@ class ExecutionEnvironment:
         if self.telemetry.subscribed:
             for line in lines.splitlines():
                 self.telemetry.log_line(source, line)
+
+    def _recent_peak_memory_kb(self) -> int:
+        """
+        The peak RSS for telemetry's reports: read from /proc at most every
+        L{MEMORY_READ_INTERVAL} (a peak only grows: a reading that recent is
+        at most a little low), as reading a process tree costs more than the
+        rest of an invocation's telemetry.
+        """
+        now = self._now()
+        if now - self._peak_read_at >= MEMORY_READ_INTERVAL:
+            self._peak_read_at = now
+            return self.peak_memory_kb()
+        return self._peak_kb
 
     def peak_memory_kb(self) -> int:
         """The peak RSS of the runtime's process tree, in kB (its last reading once it is gone)."""

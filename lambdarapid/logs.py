@@ -9,7 +9,8 @@ which drops events below the configured level before they reach them.
 
 from __future__ import annotations
 
-import datetime
+import math
+import time
 import json
 import re
 from typing import Callable
@@ -37,10 +38,21 @@ def set_level(level: LogLevel) -> None:
     _levels.setLogLevelForNamespace("", level)
 
 
+#: The last whole second L{iso_time} formatted, and its text: telemetry stamps
+#: several events per invocation, and strftime is most of the cost of one.
+_iso_second: tuple[int, str] = (-1, "")
+
+
 def iso_time(seconds: float) -> str:
     """C{seconds} since the epoch as Lambda writes times: ISO-8601 UTC, milliseconds."""
-    moment = datetime.datetime.fromtimestamp(seconds, datetime.timezone.utc)
-    return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z"
+    global _iso_second
+    whole = math.floor(seconds)
+    microseconds = round((seconds - whole) * 1_000_000)
+    if microseconds >= 1_000_000:
+        whole, microseconds = whole + 1, 0
+    if _iso_second[0] != whole:
+        _iso_second = (whole, time.strftime("%Y-%m-%dT%H:%M:%S.", time.gmtime(whole)))
+    return f"{_iso_second[1]}{microseconds // 1000:03d}Z"
 
 
 #: Lambda's level names for Twisted's levels (Twisted's critical is FATAL).

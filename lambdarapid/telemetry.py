@@ -25,7 +25,7 @@ from twisted.internet.interfaces import IConsumer, IDelayedCall, ITransport
 from twisted.internet.protocol import Factory, Protocol, connectionDone
 from twisted.logger import Logger
 from twisted.python.failure import Failure
-from twisted.web.client import Agent, HTTPConnectionPool, readBody
+from twisted.web.client import Agent, HTTPConnectionPool, _HTTP11ClientFactory, readBody
 from twisted.web.http_headers import Headers
 from twisted.web.iweb import IAgent, IBodyProducer
 from zope.interface import implementer
@@ -540,6 +540,17 @@ class _Backlog:
         self._size += size
 
 
+class _QuietClientFactory(_HTTP11ClientFactory):
+    """
+    The pool's connection factory, without its "Starting factory" lines: a
+    subscriber that closes its connections (Python's http.server does, as the
+    AWS samples' listeners are) would get two log lines per batch. The pool
+    takes its factory class from this private attribute; treq does the same.
+    """
+
+    noisy = False
+
+
 class TelemetryHub:
     """
     The subscriptions of one execution environment's extensions, and the
@@ -554,6 +565,7 @@ class TelemetryHub:
         self._pool: HTTPConnectionPool | None = None
         if agent is None:
             self._pool = HTTPConnectionPool(reactor, persistent=True)
+            self._pool._factory = _QuietClientFactory
             agent = Agent(reactor, pool=self._pool)
         self._agent = agent
         self._subscribers: dict[tuple[str, str], _Subscriber] = {}
