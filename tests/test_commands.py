@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import signal
 import time
 from typing import Sequence
@@ -230,6 +231,27 @@ class CommandTests:
         test.assertEqual(answered.json()["slept"], 2.0)
         test.assertEqual(await child.finished(timeout=10), self.sigterm_exit)
         test.assertLess(time.monotonic() - signalled, 5)
+        test.assertNotIn(b"Traceback", child.stdout + child.stderr)
+
+    async def test_sigterm_shuts_extensions_down(self) -> None:
+        """On SIGTERM an extension gets SHUTDOWN (spindown, a 2 s deadline) and is gone when the process exits."""
+        test: TestCase = self  # type: ignore[assignment]
+        directory = os.path.abspath(test.mktemp())  # the daemon runs in the fixtures' directory
+        os.makedirs(directory)
+        shutil.copy(os.path.join(FUNCTIONS, "extensions", "bash-extension"), directory)
+        child, client = self.start("handlers.echo", EXTENSIONS_DIR=directory, EXT_RECORD_DIR=directory)
+        warm = await self.first_invoke(child, client, {"x": 1})
+        test.assertEqual(warm.status, 200)
+        signalled, signalled_epoch = time.monotonic(), time.time()
+        child.signal(signal.SIGTERM)
+        test.assertEqual(await child.finished(timeout=10), self.sigterm_exit)
+        test.assertLess(time.monotonic() - signalled, 3)
+        with open(os.path.join(directory, "bash-extension.jsonl")) as f:
+            events = [json.loads(line) for line in f]
+        test.assertEqual([e["eventType"] for e in events], ["INVOKE", "SHUTDOWN"])
+        test.assertEqual(events[1]["shutdownReason"], "spindown")
+        test.assertLess(abs(events[1]["deadlineMs"] / 1000 - (signalled_epoch + 2)), 1)
+        test.assertIn(b"[bash-extension] event:", bytes(child.stdout))
         test.assertNotIn(b"Traceback", child.stdout + child.stderr)
 
     async def test_second_sigterm_stops_at_once(self) -> None:
