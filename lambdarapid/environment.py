@@ -26,6 +26,7 @@ import uuid
 from dataclasses import dataclass
 from typing import Any, Callable, Protocol
 
+import orjson
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.endpoints import serverFromString
 from twisted.internet.error import CannotListenError
@@ -33,7 +34,7 @@ from twisted.internet.interfaces import IDelayedCall, IListeningPort
 from twisted.logger import Logger
 
 from . import errors, proctree, reports
-from .capture import LOG_TAIL_BYTES, OutputCapture
+from .capture import FUNCTION, LOG_TAIL_BYTES, OutputCapture
 from .config import ACCOUNT_ID, RapidConfig
 from .config import endpoint_description as tcp_description
 from .extensions import (
@@ -143,6 +144,16 @@ class EnvironmentOwner(Protocol):
 
     def environment_ended(self, environment: ExecutionEnvironment) -> None:
         """The environment takes nothing more: its runtime is gone (its slot is released later)."""
+
+
+def _json_record(line: bytes) -> Any:
+    """A function's log line in JSON log format: its object, as telemetry gives it (else the text)."""
+    if line.startswith(b"{"):
+        try:
+            return orjson.loads(line)
+        except orjson.JSONDecodeError:
+            pass
+    return line
 
 
 def _epoch_ms(seconds: float) -> int:
@@ -944,9 +955,11 @@ class ExecutionEnvironment:
         return self.capture.window()
 
     def _log_lines(self, source: str, lines: bytes) -> None:
-        if self.telemetry.subscribed:
-            for line in lines.splitlines():
-                self.telemetry.log_line(source, line)
+        if not self.telemetry.subscribed:
+            return
+        structured = self._config.log_format == "JSON" and source == FUNCTION
+        for line in lines.splitlines():
+            self.telemetry.log_line(source, _json_record(line) if structured else line)
 
     def _recent_peak_memory_kb(self) -> int:
         """

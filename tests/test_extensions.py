@@ -329,3 +329,38 @@ class ShutdownTests(PhaseTestCase):
         self.reactor.advance(1.0)  # the last look for what the runtime left
         self.successResultOf(ended)
         self.assertEqual(self.pool.environments, [])
+
+
+class TelemetryLinesTests(PhaseTestCase):
+    def subscribed_lines(self, **settings: Any) -> list[tuple[str, Any]]:
+        """Subscribe the extension to function and extension lines; what telemetry is told."""
+        self.make_pool(**settings)
+        self.invoke()
+        identifier = self.register()
+        told: list[tuple[str, Any]] = []
+        self.patch(self.environment.telemetry, "log_line", lambda *line: told.append(line))
+        body = {
+            "schemaVersion": "2022-12-13",
+            "types": ["function", "extension"],
+            "destination": {"protocol": "HTTP", "URI": "http://sandbox.localdomain:4243/"},
+        }
+        self.environment.subscribe("telemetry", identifier, json.dumps(body).encode())
+        return told
+
+    def test_lines_by_source(self) -> None:
+        """The runtime's lines are function lines, the extension's extension lines, one by one."""
+        told = self.subscribed_lines()
+        self.process_named("ext").write_output(b"agent ready\n")
+        self.reactor.processes[1].write_output(b"one\ntwo\n")
+        self.assertEqual(
+            told, [("extension", b"agent ready"), ("function", b"one"), ("function", b"two")]
+        )
+
+    def test_json_format_lines_are_objects(self) -> None:
+        """In JSON log format a function's JSON line is given as its object; other lines as text."""
+        told = self.subscribed_lines(log_format="JSON", application_log_level="INFO")
+        runtime = self.reactor.processes[1]
+        runtime.write_output(b'{"level": "INFO", "message": "hi"}\nplain\n')
+        self.assertEqual(
+            told, [("function", {"level": "INFO", "message": "hi"}), ("function", b"plain")]
+        )
