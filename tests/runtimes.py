@@ -9,9 +9,13 @@ from C{_trial_temp}, so the working directory would not do).
 from __future__ import annotations
 
 import os
+import signal
 import sys
+import time
 from typing import Any, Callable, TypeVar
 
+from twisted.internet import reactor
+from twisted.internet.task import deferLater
 from twisted.internet.threads import deferToThread
 from twisted.trial.unittest import TestCase
 
@@ -76,3 +80,29 @@ async def in_thread(call: Callable[..., T], *args: Any, **kwargs: Any) -> T:
     """Run a blocking call (boto3) in the reactor's thread pool."""
     result: T = await deferToThread(call, *args, **kwargs)
     return result
+
+
+def running(pid: int) -> bool:
+    """Whether process C{pid} exists and is not a zombie."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            state = f.read().rpartition(b")")[2].split()[0]
+    except (OSError, IndexError):
+        return False
+    return state not in (b"Z", b"X")
+
+
+def kill_if_running(pid: int) -> None:
+    """Cleanup: SIGKILL process C{pid}, which this test started, if it is still there."""
+    if running(pid):
+        os.kill(pid, signal.SIGKILL)
+
+
+async def wait_until_gone(pid: int, timeout: float = 10.0) -> bool:
+    """Whether process C{pid} is gone within C{timeout} seconds."""
+    deadline = time.monotonic() + timeout
+    while running(pid):
+        if time.monotonic() > deadline:
+            return False
+        await deferLater(reactor, 0.02, lambda: None)
+    return True

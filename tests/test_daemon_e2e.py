@@ -8,7 +8,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import signal
 import time
 
 from twisted.internet import reactor
@@ -20,7 +19,15 @@ from twisted.trial.unittest import TestCase
 from lambdarapid.environment import ExecutionEnvironment
 from lambdarapid.testing import RunningDaemon, start_daemon
 
-from .runtimes import BASH_FUNCTION, FUNCTIONS, LEFTOVER_FUNCTION, function_environ, start_python
+from .runtimes import (
+    BASH_FUNCTION,
+    FUNCTIONS,
+    LEFTOVER_FUNCTION,
+    function_environ,
+    kill_if_running,
+    start_python,
+    wait_until_gone,
+)
 
 UUID = r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}"
 
@@ -36,32 +43,6 @@ def kill_timers() -> list[IDelayedCall]:
         for call in reactor.getDelayedCalls()
         if getattr(getattr(call, "func", None), "__func__", None) is ExecutionEnvironment.kill
     ]
-
-
-def running(pid: int) -> bool:
-    """Whether process C{pid} exists and is not a zombie."""
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            state = f.read().rpartition(b")")[2].split()[0]
-    except (OSError, IndexError):
-        return False
-    return state not in (b"Z", b"X")
-
-
-def kill_if_running(pid: int) -> None:
-    """Cleanup: SIGKILL process C{pid}, which this test's runtime started, if it is still there."""
-    if running(pid):
-        os.kill(pid, signal.SIGKILL)
-
-
-async def wait_until_gone(pid: int, timeout: float = 10.0) -> bool:
-    """Whether process C{pid} is gone within C{timeout} seconds (a generous bound: it is expected at once)."""
-    deadline = time.monotonic() + timeout
-    while running(pid):
-        if time.monotonic() > deadline:
-            return False
-        await sleep(0.02)
-    return True
 
 
 async def leftover_pid(daemon: RunningDaemon, label: bytes) -> int:
