@@ -123,6 +123,15 @@ class OutputCapture:
         the current one at least, L{MAX_OUTPUT_TURNS} at most. Only done when
         the log is wanted, and it costs a turn or two: microseconds.
         """
+        earlier = self._settle_then
+        if earlier is not None:  # both wait for the same output: the earlier first
+
+            def both() -> None:
+                earlier()
+                then()
+
+            self._settle_then = both
+            return
         self._settle_then = then
         self._settle_seen = self.reads
         self._settle_turns = 0

@@ -53,6 +53,7 @@ from .reports import PlatformLines
 from .runtime_api import RuntimeAPIFactory
 from .sandbox import LEFTOVER_SWEEP, ORPHAN_OUTPUT_GRACE, Sandbox
 from .sandbox_process import SandboxProcess, exit_reason
+from .streams import ResponseStream
 from .telemetry import TelemetryHub
 
 __all__ = [
@@ -134,8 +135,14 @@ class EnvironmentOwner(Protocol):
         outcome: Outcome,
         body: bytes,
         error_type: str | None,
+        content_type: str | None = None,
     ) -> None:
-        """The runtime answered its current invocation."""
+        """The runtime answered its current invocation (with its Content-Type, if it said one)."""
+
+    def environment_streaming(
+        self, environment: ExecutionEnvironment, stream: ResponseStream
+    ) -> None:
+        """The runtime began streaming its answer to a caller that takes a stream."""
 
     def environment_failed(
         self, environment: ExecutionEnvironment, failure: EnvironmentFailure
@@ -218,8 +225,10 @@ class ExecutionEnvironment:
         #: Answered GET next requests this environment will never give an event.
         self._refused: list[Deferred[Invocation]] = []
         self._pending_answer: (
-            tuple[Invocation, Outcome, bytes, str | None, Deferred[None]] | None
+            tuple[Invocation, Outcome, bytes, str | None, str | None, Deferred[None]] | None
         ) = None
+        #: The runtime's process has exited: nothing it sends counts any more.
+        self._runtime_exited_at: float | None = None
         #: The invocation whose phase is under way (it runs on after the runtime's answer).
         self._phase: Invocation | None = None
         self._phase_timer: IDelayedCall | None = None
@@ -555,17 +564,20 @@ class ExecutionEnvironment:
         self.capture.settle_now()  # an answer waiting for the runtime's output is taken first
         if self.state is State.BUSY:
             if self._runtime_done:
-                raise errors.invalid_state_transition(
-                    "next called twice without an event between"
-                )
-            if not self.answered:
+                # It hung up its next while the extensions finish, and asks again.
+                if self._runtime_waiting is not None:
+                    raise errors.invalid_state_transition(
+                        "next called twice without an event between"
+                    )
+            elif not self.answered:
                 raise errors.invalid_state_transition(
                     "next called while invocation "
                     f"{self.current.request_id if self.current else ''} is still running"
                 )
-            self.current = None
-            self._runtime_done = True
-            self._emit_runtime_done(self._answer_status)
+            else:
+                self.current = None
+                self._runtime_done = True
+                self._emit_runtime_done(self._answer_status)
         elif self.state is State.IDLE:
             raise errors.invalid_state_transition("next called twice without an event between")
         elif self.state is State.STARTING:
@@ -658,8 +670,42 @@ class ExecutionEnvironment:
             if self.state is State.IDLE:
                 self.state = State.AWAY
 
+    def begin_stream(self, request_id: str, content_type: str) -> ResponseStream | None:
+        """
+        A response POST in C{streaming} mode has begun: for a caller that takes
+        a stream, the stream its bytes go to; None for one that does not (the
+        response is then read whole, within the buffered limit, as on Lambda).
+        """
+        current = self._answerable(request_id)
+        if not current.accept_stream:
+            return None
+        stream = ResponseStream(content_type)
+        self._owner.environment_streaming(self, stream)
+        return stream
+
+    def _answerable(self, request_id: str) -> Invocation:
+        """The current invocation, if C{request_id} may answer it now; else the AWS error."""
+        current = self.current
+        if (
+            self.state is State.DEAD
+            or self._runtime_exited_at is not None
+            or current is None
+            or current.request_id != request_id
+        ):
+            raise errors.invalid_request_id(request_id)
+        if self.answered:
+            raise errors.invalid_state_transition(
+                f"invocation {request_id} has already been answered"
+            )
+        return current
+
     def answer(
-        self, request_id: str, outcome: Outcome, body: bytes, error_type: str | None = None
+        self,
+        request_id: str,
+        outcome: Outcome,
+        body: bytes,
+        error_type: str | None = None,
+        content_type: str | None = None,
     ) -> Deferred[None] | None:
         """
         POST /response or /error for C{request_id}; raises the AWS error if out
@@ -668,27 +714,21 @@ class ExecutionEnvironment:
         returned fires then; otherwise it is taken at once and None returned.
         The caller gets it at once: extensions' work after it is not waited for.
         """
-        current = self.current
-        if self.state is State.DEAD or current is None or current.request_id != request_id:
-            raise errors.invalid_request_id(request_id)
-        if self.answered:
-            raise errors.invalid_state_transition(
-                f"invocation {request_id} has already been answered"
-            )
+        current = self._answerable(request_id)
         self.answered = True
         self._answered_at = self._now()
         self._answer_status = "success" if outcome is Outcome.SUCCESS else "error"
         self._produced = len(body)
-        if len(self.extensions) and current.deadline is not None:
+        if len(self.extensions) and current.deadline is not None and self.state is State.BUSY:
             # The pool's timer ends with the answer; the extensions still have until the deadline.
             self._phase_timer = self._reactor.callLater(
                 max(0.0, current.deadline - self._now()), self._phase_timed_out, current
             )
         if not self._wants_log(current):
-            self._owner.environment_answered(self, outcome, body, error_type)
+            self._owner.environment_answered(self, outcome, body, error_type, content_type)
             return None
         taken: Deferred[None] = Deferred()
-        self._pending_answer = (current, outcome, body, error_type, taken)
+        self._pending_answer = (current, outcome, body, error_type, content_type, taken)
         self.capture.after_output(self._take_answer)
         return taken
 
@@ -717,9 +757,9 @@ class ExecutionEnvironment:
         pending, self._pending_answer = self._pending_answer, None
         if pending is None:
             return
-        invocation, outcome, body, error_type, taken = pending
+        invocation, outcome, body, error_type, content_type, taken = pending
         if self.current is invocation:  # not timed out meanwhile
-            self._owner.environment_answered(self, outcome, body, error_type)
+            self._owner.environment_answered(self, outcome, body, error_type, content_type)
         taken.callback(None)
 
     def init_failed(self, error_type: str | None, body: bytes) -> None:
@@ -858,11 +898,14 @@ class ExecutionEnvironment:
                 index=self.index,
                 why=why,
             )
+        if process.group:  # what it started in its group goes with it
+            proctree.signal_group(process.pid or 0, signal.SIGKILL)
         self.sandbox.done_with(process)
         self._maybe_all_exited()
 
     def _runtime_exited(self, process: SandboxProcess, why: str) -> None:
         self.capture.settle_now()  # an answer posted before the exit comes first
+        self._runtime_exited_at = self._now()  # what it sent after this is no answer
         self.log.info(
             "runtime #{index} (pid {pid}) exited: {reason}",
             index=self.index,
@@ -925,11 +968,16 @@ class ExecutionEnvironment:
             if timer.active():
                 timer.cancel()
         self._timers.clear()
+        if self._phase_timer is not None and self._phase_timer.active():
+            self._phase_timer.cancel()
         self.extensions.cancel_waits()
         self._owner.environment_ended(self)
         if self.telemetry.subscribed:
             # The last events go out before the port closes (the slot waits that long at most).
-            self.telemetry.stop(TELEMETRY_FLUSH_TIMEOUT).addCallback(lambda _: self.close())
+            stopped = self.telemetry.stop(TELEMETRY_FLUSH_TIMEOUT)
+            # Bounded whole: closing a subscriber's connection can wait on its reading too.
+            stopped.addTimeout(2 * TELEMETRY_FLUSH_TIMEOUT, self._reactor)
+            stopped.addBoth(lambda _: self.close())
         else:
             self.telemetry.stop(0)
             self.close()

@@ -22,6 +22,7 @@ from twisted.internet.defer import Deferred
 from zope.interface import Interface
 
 from . import errors
+from .streams import ResponseStream
 
 
 class InvocationType(enum.Enum):
@@ -70,6 +71,9 @@ class Invocation:
     qualifier: str | None = None
     arrived: float = 0.0
     deadline: float | None = None
+    #: Whether the caller takes a streamed response (InvokeWithResponseStream);
+    #: otherwise a streaming function's response is collected, as Lambda does.
+    accept_stream: bool = False
 
 
 @dataclass
@@ -88,6 +92,11 @@ class Result:
     duration: float = 0.0
     init_duration: float | None = None
     max_memory_mb: int | None = None
+    #: A streamed response, for an invocation that accepts one: its bytes come
+    #: through it, and it closes with the final Result.
+    stream: ResponseStream | None = None
+    #: The runtime's own Content-Type, when it said one (a streaming function's).
+    content_type: str | None = None
 
     @property
     def function_error(self) -> str | None:

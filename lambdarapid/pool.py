@@ -44,6 +44,7 @@ from .invocation import (
 )
 from .logs import observer
 from .metrics import NO_INVOCATIONS, UNAVAILABLE, InvocationObserver
+from .streams import ResponseStream
 
 __all__ = ["INIT_TIMEOUT", "KILL_GRACE", "Pool"]
 
@@ -59,6 +60,8 @@ class _Job:
     invocation: Invocation
     result: Deferred[Result] = field(default_factory=Deferred)
     timer: IDelayedCall | None = None
+    #: The response streamed to its caller, once the runtime began it.
+    stream: ResponseStream | None = None
 
 
 @implementer(IInvoker)
@@ -247,6 +250,7 @@ class Pool:
         outcome: Outcome,
         body: bytes,
         error_type: str | None,
+        content_type: str | None = None,
     ) -> None:
         invocation = job.invocation
         delivered = environment.current is invocation
@@ -263,11 +267,14 @@ class Pool:
                 if environment.invocations <= 1
                 else None
             ),
+            content_type=content_type,
         )
         if self._config.print_reports or invocation.tail_log:
             self._add_log_and_reports(environment, invocation, result, delivered)
         # Counted even when the caller has hung up (its Deferred was cancelled): it ran.
         self._metrics.ran(invocation, result, delivered)
+        if job.stream is not None:
+            job.stream.close(result)  # however it ended: complete, an error, a timeout, an exit
         if not job.result.called:
             job.result.callback(result)
         if self._drained is not None:
@@ -320,11 +327,34 @@ class Pool:
         outcome: Outcome,
         body: bytes,
         error_type: str | None,
+        content_type: str | None = None,
     ) -> None:
         job = self._jobs.pop(environment)
         if job.timer is not None:
             job.timer.cancel()
-        self._finish(environment, job, outcome, body, error_type)
+        self._finish(environment, job, outcome, body, error_type, content_type)
+
+    def environment_streaming(
+        self, environment: ExecutionEnvironment, stream: ResponseStream
+    ) -> None:
+        """
+        The caller gets its answer now, as a stream: its bytes follow as the
+        runtime sends them, and the stream closes with the run's L{Result}
+        (the timer still runs until then).
+        """
+        job = self._jobs[environment]
+        job.stream = stream
+        if not job.result.called:
+            job.result.callback(
+                Result(
+                    outcome=Outcome.SUCCESS,
+                    body=b"",
+                    request_id=job.invocation.request_id,
+                    executed_version=self._function.version,
+                    stream=stream,
+                    content_type=stream.content_type,
+                )
+            )
 
     def environment_failed(
         self, environment: ExecutionEnvironment, failure: EnvironmentFailure

@@ -35,6 +35,7 @@ from twisted.web.server import Site
 from . import errors
 from .extensions_api import COLD_PATHS, ColdRoutes
 from .invocation import Invocation, Outcome
+from .streams import MAX_STREAMED_RESPONSE, ResponseStream
 from .web_bridge import Rendered, render
 
 if TYPE_CHECKING:
@@ -76,6 +77,12 @@ class _Request:
     headers: dict[bytes, bytes]
     body: bytes | None  # None when it was over the limit
     keep_alive: bool
+    #: A response streamed to its caller as it came: the body went there, not here.
+    stream: ResponseStream | None = None
+    #: Whether that stream went past its limit (the rest was dropped).
+    oversized: bool = False
+    #: The error a streamed response's head already got (out of turn): its answer.
+    refused: errors.APIError | None = None
 
 
 @dataclass
@@ -173,6 +180,8 @@ class RuntimeAPI:
     ) -> _Response | Deferred[_Response]:
         """The response to C{request}, now or (for C{next}) when an event comes."""
         path = request.path
+        if request.refused is not None:
+            return _error_response(request.refused)
         try:
             if path == _NEXT:
                 self._require(request, b"GET")
@@ -209,10 +218,28 @@ class RuntimeAPI:
     def _event(invocation: Invocation) -> _Response:
         return _Response(200, invocation.payload, _event_headers(invocation))
 
+    def begin_stream(self, path: bytes, headers: dict[bytes, bytes]) -> ResponseStream | None:
+        """
+        A response POST's head has arrived: in C{streaming} mode, for an
+        invocation whose caller takes a stream, its body goes to the caller as
+        it comes. None: it is read whole, as any other request.
+        """
+        if not (path.startswith(_INVOCATION) and path.endswith(_RESPONSE)):
+            return None
+        mode = headers.get(_RESPONSE_MODE)
+        if mode is None or mode.lower() != b"streaming":
+            return None
+        content_type = headers.get(b"content-type", b"application/octet-stream")
+        return self._environment.begin_stream(
+            self._request_id(path, _RESPONSE), content_type.decode("latin-1")
+        )
+
     def response(self, request: _Request, request_id: str) -> _Response | Deferred[_Response]:
         mode = request.headers.get(_RESPONSE_MODE)
         if mode is not None and mode.lower() not in _RESPONSE_MODES:
             raise errors.invalid_response_mode(mode.decode("utf-8", "replace"))
+        if request.stream is not None:
+            return self._stream_ended(request, request_id)
         body = request.body
         if body is None:
             raise self._too_large(request_id)
@@ -223,8 +250,51 @@ class RuntimeAPI:
                 request_id, Outcome.FUNCTION_ERROR, document, error_type
             )
         else:
-            taken = self._environment.answer(request_id, Outcome.SUCCESS, body)
+            content_type = request.headers.get(b"content-type") if mode is not None else None
+            taken = self._environment.answer(
+                request_id,
+                Outcome.SUCCESS,
+                body,
+                content_type=content_type.decode("latin-1") if content_type else None,
+            )
         return _accepted_when(taken)
+
+    def _stream_ended(self, request: _Request, request_id: str) -> _Response | Deferred[_Response]:
+        """The streamed body is all in: the answer is its trailers' error, if any."""
+        if request.oversized:
+            self._environment.answer(
+                request_id,
+                Outcome.FUNCTION_ERROR,
+                errors.function_error_body(
+                    "Function.ResponseSizeTooLarge",
+                    f"Response payload size exceeded maximum allowed payload size "
+                    f"({MAX_STREAMED_RESPONSE} bytes).",
+                ),
+                "Function.ResponseSizeTooLarge",
+            )
+            raise errors.entity_too_large(MAX_STREAMED_RESPONSE)
+        if _ERROR_TYPE in request.headers:
+            error_type, document = _error_document(request, b"")
+            taken = self._environment.answer(
+                request_id, Outcome.FUNCTION_ERROR, document, error_type
+            )
+        else:
+            taken = self._environment.answer(request_id, Outcome.SUCCESS, b"")
+        return _accepted_when(taken)
+
+    def truncated(self, stream: ResponseStream, path: bytes) -> None:
+        """The runtime's connection broke off mid-stream: the stream ends, truncated."""
+        try:
+            self._environment.answer(
+                self._request_id(path, _RESPONSE),
+                Outcome.FUNCTION_ERROR,
+                errors.function_error_body(
+                    "Runtime.TruncatedResponse", "HTTP request detected as truncated"
+                ),
+                "Runtime.TruncatedResponse",
+            )
+        except errors.APIError:
+            pass  # the invocation is over already (timed out, the runtime exited)
 
     def _too_large(self, request_id: str) -> errors.APIError:
         """The caller gets Function.ResponseSizeTooLarge; the runtime the 413 returned."""
@@ -290,6 +360,11 @@ class RuntimeAPIProtocol(Protocol):
         #: The current head's URL and header bytes, as the parser reports them.
         self._head_size = 0
         self._completed = 0
+        #: The response being streamed to its caller as it comes, and its path.
+        self._stream: ResponseStream | None = None
+        self._stream_path = b""
+        self._stream_oversized = False
+        self._stream_refused: errors.APIError | None = None
 
     # httptools callbacks
 
@@ -322,6 +397,17 @@ class RuntimeAPIProtocol(Protocol):
 
     def on_headers_complete(self) -> None:
         self._in_head = False
+        if self._parser.get_method() == b"POST":
+            path, _, _ = b"".join(self._url).partition(b"?")
+            try:
+                stream = self._api.begin_stream(path, self._headers)
+            except errors.APIError as error:
+                # Out of turn: answered once the body is in, and the body is not kept.
+                self._stream_refused = error
+                stream = None
+            if stream is not None:
+                self._stream, self._stream_path = stream, path
+                stream.set_producer(self.transport)  # type: ignore[arg-type]
         # curl asks before sending a body over 1 MB; without an answer it waits a second.
         if self._headers.get(b"expect", b"").lower() == b"100-continue":
             assert self.transport is not None
@@ -329,12 +415,22 @@ class RuntimeAPIProtocol(Protocol):
 
     def on_body(self, body: bytes) -> None:
         self._length += len(body)
-        if self._length <= self._max_body:
+        stream = self._stream
+        if stream is not None:
+            if self._length <= MAX_STREAMED_RESPONSE:
+                stream.write(bytes(body))
+            else:
+                self._stream_oversized = True
+        elif self._length <= self._max_body and self._stream_refused is None:
             self._body.append(body)
 
     def on_message_complete(self) -> None:
         parser = self._parser
         path, _, _ = b"".join(self._url).partition(b"?")
+        stream, self._stream = self._stream, None
+        refused, self._stream_refused = self._stream_refused, None
+        if stream is not None:
+            stream.set_producer(None)
         self._requests.append(
             _Request(
                 method=parser.get_method(),
@@ -342,8 +438,13 @@ class RuntimeAPIProtocol(Protocol):
                 headers=self._headers,
                 body=b"".join(self._body) if self._length <= self._max_body else None,
                 keep_alive=parser.should_keep_alive(),
+                stream=stream,
+                oversized=self._stream_oversized,
             )
+            if refused is None
+            else _Request(b"REFUSED", path, {}, b"", parser.should_keep_alive(), refused=refused)
         )
+        self._stream_oversized = False
         self._in_head = True
         self._head_fed = 0
         self._head_size = 0
@@ -406,6 +507,9 @@ class RuntimeAPIProtocol(Protocol):
     def connectionLost(self, reason: Failure = Failure(ConnectionError())) -> None:
         self._closing = True
         self._requests.clear()
+        stream, self._stream = self._stream, None
+        if stream is not None:
+            self._api.truncated(stream, self._stream_path)
         waiting, self._waiting = self._waiting, None
         if waiting is not None:
             waiting.cancel()  # the runtime hung up its GET /next

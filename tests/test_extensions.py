@@ -11,8 +11,8 @@ import os
 import signal
 from typing import Any
 
-from twisted.internet.defer import Deferred
-from twisted.trial.unittest import SynchronousTestCase
+from twisted.internet.defer import CancelledError, Deferred
+from twisted.trial.unittest import SkipTest, SynchronousTestCase
 
 from lambdarapid import errors
 from lambdarapid.environment import (
@@ -364,3 +364,75 @@ class TelemetryLinesTests(PhaseTestCase):
         self.assertEqual(
             told, [("function", {"level": "INFO", "message": "hi"}), ("function", b"plain")]
         )
+
+
+class RaceTests(PhaseTestCase):
+    """What crosses: exits, answers, hung-up nexts, at awkward moments."""
+
+    def answered_and_waiting(self) -> tuple[bytes, Invocation]:
+        invocation, result = self.invoke()
+        identifier, extension_next, runtime_next = self.started()
+        self.successResultOf(extension_next)
+        self.successResultOf(runtime_next)
+        self.environment.answer(invocation.request_id, Outcome.SUCCESS, b"{}")
+        self.reactor.advance(0)
+        self.successResultOf(result)
+        return identifier, invocation
+
+    def test_runtime_asks_again_while_extensions_finish(self) -> None:
+        """A runtime whose next hung up while an extension works may ask again; the phase then ends."""
+        self.make_pool()
+        identifier, _ = self.answered_and_waiting()
+        hung_up = self.environment.next_invocation()
+        hung_up.addErrback(lambda failure: failure.trap(CancelledError))
+        hung_up.cancel()
+        again = self.runtime_waits()
+        self.environment.extension_next(identifier)
+        self.assertIs(self.environment.state, State.IDLE)
+        second, _ = self.invoke()
+        self.assertIs(self.successResultOf(again), second)
+
+    def test_answer_after_exit_is_refused_and_the_environment_ends(self) -> None:
+        """With reports on, an answer read after the runtime's exit is refused and nothing hangs."""
+        self.make_pool(print_reports=True)
+        invocation, result = self.invoke()
+        identifier, extension_next, runtime_next = self.started()
+        self.successResultOf(runtime_next)
+        environment = self.environment
+        self.reactor.processes[1].exit(0)
+        error = self.assertRaises(
+            errors.APIError, environment.answer, invocation.request_id, Outcome.SUCCESS, b"{}"
+        )
+        self.assertEqual(error.error_type, "InvalidRequestID")
+        self.reactor.advance(0.01)
+        self.assertEqual(self.successResultOf(result).error_type, "Runtime.ExitError")
+        stopped = self.pool.stop()
+        self.process_named("ext").exit(0)
+        self.reactor.advance(3.0)
+        self.successResultOf(stopped)
+        self.assertIs(environment.state, State.DEAD)
+
+    def test_no_timer_outlives_the_environment(self) -> None:
+        """An answer during Shutdown arms no post-invoke timer: nothing is left once it has ended."""
+        self.make_pool(timeout=300.0)
+        invocation, _ = self.invoke()
+        identifier, extension_next, runtime_next = self.started()
+        self.successResultOf(extension_next)
+        self.successResultOf(runtime_next)
+        self.pool.stop_now()
+        self.environment.answer(invocation.request_id, Outcome.SUCCESS, b"{}")
+        self.reactor.processes[1].die(signal.SIGKILL)
+        self.process_named("ext").exit(0)
+        self.reactor.advance(1.0)
+        self.assertEqual(self.reactor.getDelayedCalls(), [])
+
+    def test_what_an_extension_left_is_killed(self) -> None:
+        """When an extension exits, its process group (what it started) is SIGKILLed."""
+        self.make_pool()
+        self.invoke()
+        self.register()
+        extension = self.process_named("ext")
+        if not extension.args[0].endswith("setsid"):
+            raise SkipTest("no setsid here: extensions get no process group of their own")
+        extension.exit(3, holding_pipes=True)
+        self.assertIn((extension.pid, signal.SIGKILL), self.reactor.group_signals)

@@ -309,7 +309,7 @@ class PythonExtensionTests(TestCase):
         started = time.monotonic()
         await daemon.stop()
         took = time.monotonic() - started
-        self.assertLess(took, 3.5)  # the budget, and the teardown after it, on a loaded machine
+        self.assertLess(took, 4.5)  # the budget, then the pipes' grace and the teardown, on a loaded machine
         self.assertGreater(took, 1.7)  # it was given its 2 s
         self.assertIn("SHUTDOWN", [e["eventType"] for e in events(record_dir, "python-extension")])
         self.assertTrue(await wait_until_gone(pid, 0.5))
@@ -340,7 +340,7 @@ class PythonExtensionTests(TestCase):
         self.assertEqual([e["requestId"] for e in got], [first.request_id, second.request_id])
         invoke_at = [each["at"] for each in kinds(record_dir, "python-extension", "event")]
         # The first answer did not wait for the extension's 1.5 s...
-        self.assertLess(first_answered - invoke_at[0], 1.0)
+        self.assertLess(first_answered - invoke_at[0], 1.4)
         # ...but the second invocation waited for it to ask for the next event.
         self.assertGreaterEqual(invoke_at[1] - invoke_at[0], 1.45)
         self.assertGreaterEqual(second_answered - invoke_at[0], 1.45)

@@ -351,6 +351,9 @@ class EnvironmentWithoutPoolTests(SynchronousTestCase):
             def environment_ended(self, *args: object) -> None:
                 pass
 
+            def environment_streaming(self, *args: object) -> None:
+                pass
+
         environment = ExecutionEnvironment(3, config, Owner(), reactor, lambda data: None)
         self.successResultOf(Deferred.fromCoroutine(environment.start()))
         [(port, _, _, interface)] = reactor.tcpServers
