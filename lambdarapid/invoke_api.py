@@ -13,6 +13,7 @@ import re
 from urllib.parse import parse_qs, unquote
 from typing import Any, Callable
 
+import orjson
 from klein import Klein
 from werkzeug.exceptions import MethodNotAllowed, NotFound
 from twisted.internet.defer import CancelledError, Deferred
@@ -22,7 +23,7 @@ from twisted.web.iweb import IRequest
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request
 
-from . import errors
+from . import errors, eventstream
 from .config import Function, function_arn
 from .invocation import (
     FunctionNotFound,
@@ -49,6 +50,7 @@ from .metrics import (
     RequestObserver,
     result_outcome,
 )
+from .streams import ResponseStream
 from .web import read_body
 
 _JSON = b"application/json"
@@ -222,31 +224,45 @@ class InvokeAPI:
             arrived=now,
         )
 
-    def invoke(self, request: Request, function_name: str) -> Deferred[bytes]:
+    def invoke(
+        self, request: Request, function_name: str, streaming: bool = False
+    ) -> Deferred[bytes | None]:
         """
-        C{POST /2015-03-31/functions/{function_name}/invocations}: the invoke
-        route's handler, reached through L{InvokeAPIResource}.
+        C{POST /2015-03-31/functions/{function_name}/invocations}, or with
+        C{streaming} C{POST /2021-11-15/functions/{function_name}/response-streaming-invocations}:
+        the invoke routes' handler, reached through L{InvokeAPIResource}. Fires
+        with the body to write, or None once a streamed answer is under way.
         """
         requests = self._requests
         if requests is None:
-            return self._invoke(request, function_name, None)
+            return self._invoke(request, function_name, None, streaming)
         recording = _Recording(requests, self._reactor)
         try:
-            answer = self._invoke(request, function_name, recording)
+            answer = self._invoke(request, function_name, recording, streaming)
         except Exception as error:
             recording.failed(error)
             raise
         return answer.addBoth(recording.done)
 
     def _invoke(
-        self, request: Request, function_name: str, recording: _Recording | None
-    ) -> Deferred[bytes]:
+        self,
+        request: Request,
+        function_name: str,
+        recording: _Recording | None,
+        streaming: bool = False,
+    ) -> Deferred[bytes | None]:
         if recording is not None:
             try:  # the routed name, for refusals (413) as for answers
                 recording.function = split_function_name(function_name, None)[0]
             except errors.APIError:
                 pass
         invocation = self._invocation(request, function_name)
+        if streaming:
+            if invocation.invocation_type is InvocationType.EVENT:
+                raise errors.invalid_request_content(
+                    "InvokeWithResponseStream takes RequestResponse or DryRun, not Event"
+                )
+            invocation.accept_stream = True
         request.responseHeaders.setRawHeaders(
             b"x-amzn-requestid", [invocation.request_id.encode()]
         )
@@ -268,6 +284,8 @@ class InvokeAPI:
             result.addCallback(recording.result)
         if self._counting:
             result.addErrback(self._count_refusal, kind)
+        if streaming:
+            return result.addCallback(_stream_answer, request)
         return result.addCallback(self._respond, request)
 
     def _dry_run_answered(self, _: object) -> None:
@@ -369,7 +387,8 @@ class InvokeAPI:
     def _respond(result: Result, request: Request) -> bytes:
         """The Invoke API answer for C{result}: 200, the body, botocore's headers."""
         headers = request.responseHeaders
-        headers.setRawHeaders(b"content-type", [_JSON])
+        content_type = result.content_type.encode("latin-1") if result.content_type else _JSON
+        headers.setRawHeaders(b"content-type", [content_type])
         headers.setRawHeaders(b"x-amz-executed-version", [result.executed_version.encode()])
         function_error = result.function_error
         if function_error is not None:
@@ -413,6 +432,80 @@ class InvokeAPI:
         return error.body
 
 
+def _completion(result: Result) -> bytes:
+    """The InvokeComplete event for how C{result} ended: {} on success, else its error."""
+    log_result = base64.b64encode(result.log_tail).decode() if result.log_tail else None
+    if not result.outcome.is_error:
+        return eventstream.invoke_complete(log_result=log_result)
+    error_code = result.error_type or _document_error_type(result.body) or "Unhandled"
+    return eventstream.invoke_complete(
+        error_code, result.body.decode("utf-8", "replace"), log_result
+    )
+
+
+def _document_error_type(body: bytes) -> str | None:
+    """The errorType an error document names, if it is one."""
+    try:
+        document = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        return None
+    error_type = document.get("errorType") if isinstance(document, dict) else None
+    return error_type if isinstance(error_type, str) else None
+
+
+def _stream_answer(result: Result, request: Request) -> None:
+    """
+    InvokeWithResponseStream's answer: 200 with the function's content type,
+    then an event stream, one event per HTTP chunk (botocore reads each chunk
+    as it lands): the runtime's bytes as PayloadChunks, then InvokeComplete.
+    A buffered function's one payload is streamed as it is.
+    """
+    headers = request.responseHeaders
+    stream = result.stream
+    content_type = (stream.content_type if stream is not None else result.content_type) or "application/json"
+    headers.setRawHeaders(b"content-type", [content_type.encode("latin-1")])
+    headers.setRawHeaders(b"x-amz-executed-version", [result.executed_version.encode()])
+    if stream is not None:
+        _EventStreamWriter(request, stream)
+        return None
+    if not result.outcome.is_error:
+        for event in eventstream.payload_chunks(result.body):
+            request.write(event)
+    request.write(_completion(result))
+    request.finish()
+    return None
+
+
+class _EventStreamWriter:
+    """A stream's consumer writing it to one InvokeWithResponseStream caller."""
+
+    def __init__(self, request: Request, stream: ResponseStream) -> None:
+        self._request = request
+        self._stream = stream
+        self._gone = False
+        request.notifyFinish().addErrback(self._hung_up)
+        request.registerProducer(stream, True)
+        stream.consume(self)
+
+    def stream_chunk(self, data: bytes) -> None:
+        if not self._gone:
+            for event in eventstream.payload_chunks(data):
+                self._request.write(event)
+
+    def stream_ended(self, result: Result) -> None:
+        if self._gone:
+            return
+        request = self._request
+        request.unregisterProducer()
+        request.write(_completion(result))
+        request.finish()
+
+    def _hung_up(self, _: Failure) -> None:
+        """The caller went away mid-stream: the function runs on; its bytes are dropped."""
+        self._gone = True
+        self._stream.stopProducing()
+
+
 def _close_after(request: Any) -> None:
     """
     End the connection once C{request} is answered: a 503 means this server
@@ -428,18 +521,29 @@ def _close_after(request: Any) -> None:
 
 _FUNCTIONS = b"/2015-03-31/functions/"
 _INVOCATIONS = b"/invocations"
+_STREAM_FUNCTIONS = b"/2021-11-15/functions/"
+_STREAM_INVOCATIONS = b"/response-streaming-invocations"
 _INVOKE_METHODS = [b"POST"]
+
+
+def _route_name(path: bytes, prefix: bytes, suffix: bytes) -> str | None:
+    if not (
+        path.startswith(prefix)
+        and path.endswith(suffix)
+        and len(path) > len(prefix) + len(suffix)
+    ):
+        return None
+    return unquote(path[len(prefix) : -len(suffix)].decode("utf-8", "replace"))
 
 
 def _invoke_route_name(path: bytes) -> str | None:
     """The function name in an invoke route's path; None for any other path."""
-    if not (
-        path.startswith(_FUNCTIONS)
-        and path.endswith(_INVOCATIONS)
-        and len(path) > len(_FUNCTIONS) + len(_INVOCATIONS)
-    ):
-        return None
-    return unquote(path[len(_FUNCTIONS) : -len(_INVOCATIONS)].decode("utf-8", "replace"))
+    return _route_name(path, _FUNCTIONS, _INVOCATIONS)
+
+
+def _stream_route_name(path: bytes) -> str | None:
+    """The function name in InvokeWithResponseStream's path; None for any other path."""
+    return _route_name(path, _STREAM_FUNCTIONS, _STREAM_INVOCATIONS)
 
 
 def _header_value(headers: Any, name: bytes) -> str | None:
@@ -466,13 +570,17 @@ class InvokeAPIResource(Resource):
         self._api.refused_by_channel(target, headers)
 
     def render(self, request: Request) -> Any:
-        name = _invoke_route_name(request.path)
+        path = request.path
+        name = _invoke_route_name(path)
+        streaming = False
+        if name is None and path.startswith(_STREAM_FUNCTIONS):
+            name, streaming = _stream_route_name(path), True
         if name is None:
             return self._app.render(request)
         try:
             if request.method not in _INVOKE_METHODS:
                 raise errors.invoke_method_not_allowed(["POST"])
-            answer = self._api.invoke(request, name)
+            answer = self._api.invoke(request, name, streaming)
         except Exception:
             return self._api.error_answer(request, Failure()) or b""
         # Fires early only if the caller hangs up; the invoker ignores the

@@ -344,7 +344,9 @@ class Pool:
         """
         job = self._jobs[environment]
         job.stream = stream
-        if not job.result.called:
+        if job.result.called:  # the caller hung up before: its bytes are read and dropped
+            stream.stopProducing()
+        else:
             job.result.callback(
                 Result(
                     outcome=Outcome.SUCCESS,
