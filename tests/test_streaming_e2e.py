@@ -211,6 +211,31 @@ class BashStreamingTests(TestCase):
         self.assertEqual((ok["chunks"], ok["complete"]), ([b"fine"], [{}]))
 
 
+    async def test_exit_mid_stream(self) -> None:
+        """A runtime exiting mid-stream: what it sent, then its exit as the error; the next invocation works."""
+        daemon = await start_bash(self)
+        answer = await in_thread(stream, daemon, {"parts": ["before"], "exit": True})
+        self.assertEqual(answer["chunks"], [b"before"])
+        [complete] = answer["complete"]
+        # Its exit, or its connection's end if that is read first: either way the stream is cut.
+        self.assertIn(complete["ErrorCode"], ("Runtime.ExitError", "Runtime.TruncatedResponse"))
+        ok = await in_thread(stream, daemon, {"parts": ["after"]})
+        self.assertEqual((ok["chunks"], ok["complete"]), ([b"after"], [{}]))
+
+    async def test_dry_run(self) -> None:
+        """DryRun on the stream route is 204, as for Invoke, and runs nothing."""
+        daemon = await start_bash(self)
+
+        def call() -> int:
+            response = lambda_client(daemon.url).invoke_with_response_stream(
+                FunctionName="function", Payload=b"{}", InvocationType="DryRun"
+            )
+            return int(response["StatusCode"])
+
+        self.assertEqual(await in_thread(call), 204)
+        self.assertNotIn(b"streaming response for", daemon.output)
+
+
 class BufferedFunctionTests(TestCase):
     """A function that does not stream, invoked on the stream route."""
 
