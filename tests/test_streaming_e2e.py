@@ -11,6 +11,7 @@ import json
 import os
 import shutil
 import socket
+import sys
 import time
 from typing import Any
 
@@ -110,6 +111,22 @@ class NodeStreamingTests(TestCase):
         first = answer["arrived"][0]
         self.assertGreater(answer["arrived"][-1] - first, 0.8)  # the second came a second later
         self.assertLess(first - started, answer["arrived"][-1] - started - 0.8)
+
+    async def test_example_client(self) -> None:
+        """The example's boto3 streaming client prints each part, half a second apart, then InvokeComplete."""
+        daemon = await start_node(self)
+        out, err, code = await getProcessOutputAndValue(
+            sys.executable,
+            [os.path.join(ROOT, "examples", "echo", "clients", "invoke_stream_boto3.py"), daemon.url],
+            env=dict(os.environ),
+        )
+        self.assertEqual(code, 0, err)
+        lines = out.decode().splitlines()
+        self.assertEqual(lines[0], "200 text/plain")
+        self.assertIn("b'streamed '", lines[1])
+        self.assertIn("InvokeComplete", lines[-1])
+        first, last = (float(line.split()[0]) for line in (lines[1], lines[3]))
+        self.assertGreater(last - first, 0.8)
 
     async def test_throw_mid_stream(self) -> None:
         """A throw after one write: that write is delivered, InvokeComplete says Error; the next invoke works."""
