@@ -11,21 +11,28 @@ the message to be redelivered to another.
 
 Requests are checked as the Invoke API checks them (qualifier, size, JSON): a
 refused one gets an error reply (or, for an Event, is dropped), never a run.
+
+A request that opts in (C{X-Lambdarapid-Accept-Stream: 1}) to a streaming
+function is answered by stream messages as the runtime sends its response:
+C{start}, C{chunk}s, C{end}, then the ack. While the connection's write
+buffer is full the runtime's upload is paused, so a slow broker slows the
+function's upload instead of growing the daemon's memory.
 """
 
 from __future__ import annotations
 
 import re
-
+import uuid
 from typing import Any
 
 import pika
 from pika.adapters.twisted_connection import ClosableDeferredQueue, TwistedChannel
 from twisted.internet.defer import Deferred
-from twisted.internet.interfaces import IDelayedCall
+from twisted.internet.interfaces import IDelayedCall, IPushProducer
 from twisted.internet.task import deferLater
 from twisted.logger import Logger
 from twisted.python.failure import Failure
+from zope.interface import implementer
 
 from .. import errors
 from ..config import Function
@@ -44,7 +51,19 @@ from ..invocation import (
 from ..logs import observer
 from ..metrics import NO_INVOCATIONS, TOO_LARGE, InvocationObserver
 from .connection import reconnect_if_closed
-from .messages import error_reply_properties, header_text, reply_properties
+from ..streams import ResponseStream
+from .messages import (
+    CHUNK,
+    END,
+    START,
+    accepts_stream,
+    end_body,
+    error_reply_properties,
+    header_text,
+    reply_properties,
+    split_chunk,
+    stream_properties,
+)
 
 
 #: How long a delivery the pool has no room for is held before it is requeued,
@@ -81,6 +100,8 @@ class RPCConsumer:
         #: Invocations delivered on the current channel and not yet answered, by delivery tag.
         self._held: dict[int, Invocation] = {}
         self._requeues: list[IDelayedCall] = []
+        #: The connection's transport's producer: pauses the streams being published.
+        self.pressure = OutboundPressure()
 
     @property
     def queue(self) -> str:
@@ -89,6 +110,7 @@ class RPCConsumer:
     async def connected(self, connection: Any) -> None:
         channel = await connection.channel()
         await channel.basic_qos(prefetch_count=self._prefetch)
+        self.pressure.attach(connection)
         self._channel = channel
         self._held = {}
         reconnect_if_closed(channel, connection, lambda: self._still_ours(channel, closed=True))
@@ -204,6 +226,7 @@ class RPCConsumer:
             tenant_id=header_text(headers, "X-Amz-Tenant-Id"),
             arrived=now,
             deadline=deadline,
+            accept_stream=accepts_stream(properties),
         )
         if properties.correlation_id and _SAFE_ID.fullmatch(properties.correlation_id):
             # Otherwise the generated id stands in for it with the runtime (it
@@ -277,6 +300,9 @@ class RPCConsumer:
     ) -> None:
         if channel is self._channel:
             self._held.pop(tag, None)
+        if reply_to and result.stream is not None:
+            _StreamReply(self, channel, tag, reply_to, correlation_id, result, result.stream)
+            return
         if reply_to:
             publisher = channel if channel.is_open else self._channel
             if publisher is None or not publisher.is_open:
@@ -331,3 +357,125 @@ class RPCConsumer:
             if call.active():
                 call.reset(0)
 
+
+
+@implementer(IPushProducer)
+class OutboundPressure:
+    """
+    The producer registered with the broker connection's transport: when its
+    write buffer is full (a slow broker, a slow network) every stream being
+    published is paused, and so is its runtime's upload; resumed once drained.
+    """
+
+    def __init__(self) -> None:
+        self._streams: set[ResponseStream] = set()
+        self.paused = False
+
+    def attach(self, connection: Any) -> None:
+        """Be the producer of C{connection}'s transport (a new connection's)."""
+        self.resumeProducing()  # the old transport's pause died with it
+        transport = getattr(connection, "transport", None)
+        if transport is None:
+            return
+        try:
+            transport.registerProducer(self, True)
+        except RuntimeError:  # someone else's producer: streams then go unthrottled
+            pass
+
+    def add(self, stream: ResponseStream) -> None:
+        self._streams.add(stream)
+        if self.paused:
+            stream.pauseProducing()
+
+    def discard(self, stream: ResponseStream) -> None:
+        self._streams.discard(stream)
+
+    def pauseProducing(self) -> None:
+        self.paused = True
+        for stream in list(self._streams):
+            stream.pauseProducing()
+
+    def resumeProducing(self) -> None:
+        self.paused = False
+        for stream in list(self._streams):
+            stream.resumeProducing()
+
+    def stopProducing(self) -> None:
+        """The connection is gone: nothing is held for it any more."""
+        self.resumeProducing()
+
+
+class _StreamReply:
+    """
+    One streamed result on its way to C{reply_to}: C{start}, a C{chunk} per
+    runtime chunk (split at 1 MiB), C{end} with the InvokeComplete object,
+    then the delivery's ack. Published only on the channel the request came
+    on: if that closes, the broker has requeued the request, whose next run
+    streams again under a new id; this one's bytes are then dropped.
+    """
+
+    def __init__(
+        self,
+        consumer: RPCConsumer,
+        channel: TwistedChannel,
+        tag: int,
+        reply_to: str,
+        correlation_id: str | None,
+        result: Result,
+        stream: ResponseStream,
+    ) -> None:
+        self._consumer = consumer
+        self._channel = channel
+        self._tag = tag
+        self._reply_to = reply_to
+        self._correlation_id = correlation_id
+        self._request_id = result.request_id
+        self._version = result.executed_version
+        self._stream = stream
+        self._id = str(uuid.uuid4())
+        self._seq = 0
+        self._abandoned = False
+        if self._publish(
+            START, b"", content_type=stream.content_type, **{"X-Amz-Executed-Version": self._version}
+        ):
+            stream.consume(self)
+            consumer.pressure.add(stream)  # after consume, which resumes a stream it paused
+
+    def _publish(self, kind: str, body: bytes, content_type: str | None = None, **headers: str) -> bool:
+        channel = self._channel
+        if self._abandoned:
+            return False
+        if not channel.is_open:
+            self._abandoned = True
+            self._consumer.pressure.discard(self._stream)
+            self._stream.stopProducing()  # the function runs on; its bytes are dropped
+            self._consumer.log.warn(
+                "the AMQP channel of {id} closed mid-stream; the request will be redelivered",
+                id=self._request_id,
+            )
+            return False
+        channel.basic_publish(
+            exchange="",
+            routing_key=self._reply_to,
+            body=body,
+            properties=stream_properties(
+                kind, self._id, self._seq, self._correlation_id, content_type, **headers
+            ),
+        )
+        self._seq += 1
+        return True
+
+    # StreamConsumer
+
+    def stream_chunk(self, data: bytes) -> None:
+        for piece in split_chunk(data):
+            if not self._publish(CHUNK, piece):
+                return
+
+    def stream_ended(self, result: Result) -> None:
+        self._consumer.pressure.discard(self._stream)
+        headers = {"X-Amz-Executed-Version": self._version}
+        if result.function_error:
+            headers["X-Amz-Function-Error"] = result.function_error
+        if self._publish(END, end_body(result), content_type="application/json", **headers):
+            self._channel.basic_ack(delivery_tag=self._tag)

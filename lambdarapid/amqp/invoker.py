@@ -10,11 +10,18 @@ old reply-to died with the old channel): the first reply wins, and a caller is
 answered once. An error reply (a request the daemon refused before running
 it) fails the invocation with the L{errors.APIError} it describes, which the
 Invoke API answers exactly as the daemon's own would.
+
+An InvokeWithResponseStream invocation asks for a streamed reply. The first
+reply decides: one carrying the stream marker is relayed as it comes (in
+sequence order, duplicates and other runs' streams dropped), any other is the
+one buffered reply, as for Invoke. A stream that breaks off (a gap that is not
+filled, a lost daemon, a lost connection) ends as C{Runtime.TruncatedResponse};
+one that outlasts the fail-safe timeout as C{Sandbox.Timedout}.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from pika.adapters.twisted_connection import ClosableDeferredQueue, TwistedChannel
@@ -38,7 +45,22 @@ from ..invocation import (
 from .. import errors
 from ..logs import observer
 from .connection import reconnect_if_closed
-from .messages import DIRECT_REPLY_TO, error_from_reply, request_properties, result_from_reply
+from ..streams import ResponseStream
+from .messages import (
+    CHUNK,
+    DIRECT_REPLY_TO,
+    END,
+    SEQ,
+    START,
+    STREAM,
+    STREAM_ID,
+    error_from_reply,
+    header_text,
+    request_properties,
+    result_from_completion,
+    result_from_reply,
+    truncated_result,
+)
 
 
 #: After a reconnection, how long requests that come back unroutable are
@@ -53,6 +75,12 @@ CONNECT_HOLD = 2.0
 #: taken for a daemon that has not declared its queue yet rather than a 404:
 #: daemons and server usually start together.
 STARTUP_REROUTE = 1.5
+#: How long a gap in a stream's sequence may stay open before the stream is
+#: taken as broken: a stream goes over one channel, in order, so a gap is a
+#: message lost with a connection, not one late.
+GAP_TIMEOUT = 1.0
+#: At most this many out-of-order stream messages are held for a gap.
+MAX_EARLY = 64
 
 
 @dataclass(eq=False)
@@ -64,6 +92,43 @@ class _Pending:
     reroute_until: float = 0.0
     #: Published again after a reconnection: it was routable once.
     republished: bool = False
+    #: Once a stream message came: the stream being relayed.
+    relay: _Relay | None = None
+
+
+class _RelayedStream(ResponseStream):
+    """A relayed stream that tells its relay when the caller hangs up."""
+
+    def __init__(self, content_type: str, hung_up: Any) -> None:
+        super().__init__(content_type)
+        self._hung_up = hung_up
+
+    def stopProducing(self) -> None:
+        super().stopProducing()
+        self._hung_up()
+
+
+@dataclass(eq=False)
+class _Relay:
+    """Where one pending request's stream is: which stream, which message is next, what came early."""
+
+    stream_id: str
+    next_seq: int = 0
+    #: Messages past a gap, by sequence number.
+    early: dict[int, Any] = field(default_factory=dict)
+    #: Streams given up for a later run's: their messages are dropped.
+    retired: set[str] = field(default_factory=set)
+    #: Its end came, or it was cut short: nothing more is relayed.
+    ended: bool = False
+    gap_timer: IDelayedCall | None = None
+    #: Once C{start} came: the stream the caller reads.
+    stream: ResponseStream | None = None
+    executed_version: str = "$LATEST"
+
+    def stop_gap_timer(self) -> None:
+        if self.gap_timer is not None and self.gap_timer.active():
+            self.gap_timer.cancel()
+        self.gap_timer = None
 
 
 @implementer(IInvoker)
@@ -119,6 +184,16 @@ class AMQPInvoker:
 
     def disconnected(self, reason: Failure) -> None:
         self._connection = self._rpc = self._events = None
+        # The rest of every stream was to come to the reply-to that just died.
+        for pending in list(self._pending.values()):
+            relay = pending.relay
+            if relay is None:
+                continue
+            if relay.stream is None:
+                relay.stop_gap_timer()
+                pending.relay = None  # nothing went out: published again, it starts afresh
+            else:
+                self._truncate(pending, "the connection to the broker was lost mid-stream")
 
     # IInvoker
 
@@ -223,9 +298,17 @@ class AMQPInvoker:
                 message = await replies.get()
             except Exception:
                 return  # the channel closed; the next connection starts a new loop
-            pending = self._pending.pop(message.properties.correlation_id or "", None)
+            request_id = message.properties.correlation_id or ""
+            pending = self._pending.get(request_id)
             if pending is None:
                 continue  # a late or duplicate reply: its caller was answered
+            if header_text(message.properties.headers or {}, STREAM) is not None:
+                if pending.invocation.accept_stream:
+                    self._stream_message(pending, message)
+                continue  # a stream for a request that asked for none: not ours
+            if pending.relay is not None:
+                continue  # the first reply was a stream's: this is another run's
+            del self._pending[request_id]
             pending.timer.cancel()
             error = error_from_reply(message.properties, message.body)
             if error is not None:
@@ -264,18 +347,137 @@ class AMQPInvoker:
             "{message} (no reply from the function)",
             message=errors.timed_out_message(request_id, self._timeout),
         )
-        pending.result.callback(
-            Result(
-                outcome=Outcome.TIMEOUT,
-                body=errors.timed_out_body(request_id, self._timeout),
-                request_id=request_id,
-                error_type="Sandbox.Timedout",
-                duration=self._timeout,
-            )
+        result = Result(
+            outcome=Outcome.TIMEOUT,
+            body=errors.timed_out_body(request_id, self._timeout),
+            request_id=request_id,
+            error_type="Sandbox.Timedout",
+            duration=self._timeout,
         )
+        relay = pending.relay
+        if relay is not None:
+            relay.ended = True
+            relay.stop_gap_timer()
+            if relay.stream is not None:
+                result.executed_version = relay.executed_version
+                relay.stream.close(result)
+                return
+        pending.result.callback(result)
 
     def _forget(self, request_id: str) -> None:
         """The caller went away: its reply, if any, will be dropped."""
         pending = self._pending.pop(request_id, None)
-        if pending is not None and pending.timer.active():
+        if pending is None:
+            return
+        if pending.timer.active():
             pending.timer.cancel()
+        if pending.relay is not None:
+            pending.relay.ended = True
+            pending.relay.stop_gap_timer()
+
+    # Streamed replies
+
+    def _stream_message(self, pending: _Pending, message: Any) -> None:
+        """One stream message for C{pending}: relayed in order, or held for a gap, or dropped."""
+        headers = message.properties.headers or {}
+        stream_id = header_text(headers, STREAM_ID) or ""
+        try:
+            seq = int(header_text(headers, SEQ) or "")
+        except ValueError:
+            return  # no place in any sequence
+        relay = pending.relay
+        if relay is None:
+            relay = pending.relay = _Relay(stream_id)
+        elif stream_id in relay.retired or relay.ended:
+            return
+        elif stream_id != relay.stream_id:
+            # Another run of the request (redelivered when its first daemon lost it).
+            if seq != 0:
+                return
+            if relay.stream is not None and relay.stream.size:
+                self._truncate(pending, "the function's daemon was lost mid-stream")
+                return
+            # Nothing went out yet: the new run's stream takes over.
+            relay.stop_gap_timer()
+            relay.retired.add(relay.stream_id)
+            relay.stream_id, relay.next_seq, relay.early = stream_id, 0, {}
+        if seq < relay.next_seq or seq in relay.early:
+            return  # a duplicate
+        relay.early[seq] = message
+        if len(relay.early) > MAX_EARLY:
+            self._truncate(pending, "too many stream messages came out of order")
+            return
+        before = relay.next_seq
+        while relay.next_seq in relay.early and not relay.ended:
+            self._relay(pending, relay, relay.early.pop(relay.next_seq))
+            relay.next_seq += 1
+        if relay.ended or pending.relay is not relay:
+            return
+        if relay.next_seq != before:
+            relay.stop_gap_timer()  # a gap filled: any gap left has its own time
+        if relay.early:
+            if relay.gap_timer is None:
+                relay.gap_timer = self._reactor.callLater(
+                    GAP_TIMEOUT, self._gap_unfilled, pending, relay
+                )
+
+    def _relay(self, pending: _Pending, relay: _Relay, message: Any) -> None:
+        """The next message of the stream, in order."""
+        properties = message.properties
+        kind = header_text(properties.headers or {}, STREAM)
+        request_id = pending.invocation.request_id
+        if relay.stream is None:
+            if kind != START:
+                self._truncate(pending, "the stream did not start with its start message")
+                return
+            relay.executed_version = (
+                header_text(properties.headers or {}, "X-Amz-Executed-Version") or "$LATEST"
+            )
+            content_type = properties.content_type or "application/octet-stream"
+            relay.stream = _RelayedStream(content_type, lambda: self._forget(request_id))
+            pending.result.callback(
+                Result(
+                    outcome=Outcome.SUCCESS,
+                    body=b"",
+                    request_id=request_id,
+                    executed_version=relay.executed_version,
+                    stream=relay.stream,
+                    content_type=content_type,
+                )
+            )
+        elif kind == CHUNK:
+            relay.stream.write(message.body)
+        elif kind == END:
+            self._end(pending)
+            relay.stream.close(
+                result_from_completion(message.body, request_id, relay.executed_version)
+            )
+        # Anything else (a second start, a kind from a later version) only takes its place.
+
+    def _end(self, pending: _Pending) -> None:
+        """The stream is over: the pending entry and its timers go."""
+        if self._pending.get(pending.invocation.request_id) is pending:
+            del self._pending[pending.invocation.request_id]
+        if pending.timer.active():
+            pending.timer.cancel()
+        if pending.relay is not None:
+            pending.relay.ended = True
+            pending.relay.stop_gap_timer()
+
+    def _truncate(self, pending: _Pending, why: str) -> None:
+        """End C{pending}'s stream (or answer it, if it had not started) as Runtime.TruncatedResponse."""
+        self._end(pending)
+        relay = pending.relay
+        request_id = pending.invocation.request_id
+        self.log.warn("the response stream of {id} broke off: {why}", id=request_id, why=why)
+        version = relay.executed_version if relay is not None else "$LATEST"
+        result = truncated_result(request_id, version, why)
+        if relay is not None and relay.stream is not None:
+            relay.stream.close(result)
+        elif not pending.result.called:
+            pending.result.callback(result)
+
+    def _gap_unfilled(self, pending: _Pending, relay: _Relay) -> None:
+        relay.gap_timer = None
+        if pending.relay is relay and not relay.ended:
+            self._truncate(pending, f"stream message {relay.next_seq} never came")

@@ -11,12 +11,20 @@ carry the Invoke API's error instead: body C{{"Type","Message"}}, headers
 C{X-Amzn-ErrorType} and C{X-Amz-Status-Code}, so the Lambda Server answers
 what the daemon's own Invoke API would, and clients that read only the body
 still get a readable document.
+
+Ours, and opt-in (docs/amqp.md, "Streamed replies"): a request with
+C{X-Lambdarapid-Accept-Stream: 1} may be answered by a stream of messages
+(C{start}, C{chunk}s, C{end}), each marked C{X-Lambdarapid-Stream} and
+numbered by C{X-Lambdarapid-Seq} under one C{X-Lambdarapid-Stream-Id}. The
+opt-in and the marker never share a name: upstream's daemon echoes the
+request's headers in its reply, so only the marker proves a stream.
 """
 
 from __future__ import annotations
 
 import base64
 import binascii
+import json
 import re
 from typing import Any, Mapping
 
@@ -33,6 +41,16 @@ ERROR_TYPE = "X-Amzn-ErrorType"
 STATUS_CODE = "X-Amz-Status-Code"
 #: Error types fit to go into an HTTP header as they are.
 _ERROR_TYPE = re.compile(r"[A-Za-z0-9._:-]{1,128}")
+
+#: Request header: the caller takes a streamed reply (InvokeWithResponseStream).
+ACCEPT_STREAM = "X-Lambdarapid-Accept-Stream"
+#: Stream message headers: which part (start, chunk, end), of which stream, in what order.
+STREAM = "X-Lambdarapid-Stream"
+STREAM_ID = "X-Lambdarapid-Stream-Id"
+SEQ = "X-Lambdarapid-Seq"
+START, CHUNK, END = "start", "chunk", "end"
+#: The largest chunk message body: far below any broker's max_message_size.
+MAX_STREAM_CHUNK = 1024 * 1024
 
 
 def header_text(headers: Mapping[str, Any], name: str) -> str | None:
@@ -60,6 +78,8 @@ def request_properties(invocation: Invocation, reply_to: str | None) -> pika.Bas
         headers["X-Amz-Tenant-Id"] = invocation.tenant_id
     if invocation.qualifier:
         headers["X-Amz-Qualifier"] = invocation.qualifier
+    if invocation.accept_stream and reply_to:
+        headers[ACCEPT_STREAM] = "1"
     return pika.BasicProperties(
         content_type=JSON,
         correlation_id=invocation.request_id,
@@ -127,4 +147,120 @@ def result_from_reply(properties: pika.BasicProperties, body: bytes) -> Result:
         request_id=properties.correlation_id or "",
         executed_version=header_text(headers, "X-Amz-Executed-Version") or "$LATEST",
         log_tail=log_tail,
+    )
+
+
+def accepts_stream(properties: pika.BasicProperties) -> bool:
+    """Whether a request asks for a streamed reply (only a RequestResponse one can)."""
+    return bool(properties.reply_to) and header_text(properties.headers or {}, ACCEPT_STREAM) == "1"
+
+
+def stream_properties(
+    kind: str,
+    stream_id: str,
+    seq: int,
+    correlation_id: str | None,
+    content_type: str | None = None,
+    **headers: str,
+) -> pika.BasicProperties:
+    """A stream message's properties: C{kind} (start, chunk, end) number C{seq} of C{stream_id}."""
+    return pika.BasicProperties(
+        content_type=content_type,
+        correlation_id=correlation_id,
+        headers={STREAM: kind, STREAM_ID: stream_id, SEQ: seq, **headers},
+    )
+
+
+def split_chunk(data: bytes) -> list[bytes]:
+    """A runtime's chunk as message bodies of at most L{MAX_STREAM_CHUNK} bytes."""
+    if len(data) <= MAX_STREAM_CHUNK:
+        return [data]
+    view = memoryview(data)
+    return [
+        bytes(view[start : start + MAX_STREAM_CHUNK])
+        for start in range(0, len(data), MAX_STREAM_CHUNK)
+    ]
+
+
+def completion(result: Result) -> dict[str, str]:
+    """
+    The InvokeComplete members for how C{result} ended: none on success;
+    else C{ErrorCode} (the result's error type, else its document's
+    C{errorType}, else C{Unhandled}) and C{ErrorDetails} (the error document
+    as text); C{LogResult} (base64) with a log tail.
+    """
+    members: dict[str, str] = {}
+    if result.outcome.is_error:
+        members["ErrorCode"] = result.error_type or _document_error_type(result.body) or "Unhandled"
+        members["ErrorDetails"] = result.body.decode("utf-8", "replace")
+    if result.log_tail:
+        members["LogResult"] = base64.b64encode(result.log_tail).decode()
+    return members
+
+
+def _document_error_type(body: bytes) -> str | None:
+    """The errorType an error document names, if it is one."""
+    try:
+        document = json.loads(body)
+    except ValueError:
+        return None
+    error_type = document.get("errorType") if isinstance(document, dict) else None
+    return error_type if isinstance(error_type, str) else None
+
+
+def end_body(result: Result) -> bytes:
+    """An C{end} message's body: the InvokeComplete JSON object for C{result}."""
+    return json.dumps(completion(result), separators=(",", ":")).encode()
+
+
+def result_from_completion(
+    body: bytes, request_id: str, executed_version: str
+) -> Result:
+    """
+    The final L{Result} an C{end} message's InvokeComplete object says: an
+    C{ErrorCode} is a failed run of that error type, C{ErrorDetails} its
+    document, C{LogResult} the base64 log tail. A body that is no such
+    object is a truncated response: the end of the stream cannot be trusted.
+    """
+    try:
+        members = json.loads(body) if body else {}
+    except ValueError:
+        members = None
+    if not isinstance(members, dict) or not all(isinstance(v, str) for v in members.values()):
+        return truncated_result(request_id, executed_version, "the stream's end was malformed")
+    log_tail = b""
+    if members.get("LogResult"):
+        try:
+            log_tail = base64.b64decode(members["LogResult"])
+        except (binascii.Error, ValueError):
+            pass
+    error_code = members.get("ErrorCode")
+    if error_code is None:
+        return Result(
+            outcome=Outcome.SUCCESS,
+            body=b"",
+            request_id=request_id,
+            executed_version=executed_version,
+            log_tail=log_tail,
+        )
+    return Result(
+        outcome=Outcome.TIMEOUT if error_code == "Sandbox.Timedout" else Outcome.FUNCTION_ERROR,
+        body=members.get("ErrorDetails", "").encode(),
+        request_id=request_id,
+        executed_version=executed_version,
+        log_tail=log_tail,
+        error_type=error_code,
+    )
+
+
+def truncated_result(request_id: str, executed_version: str, why: str) -> Result:
+    """A stream that broke off (a gap, a lost daemon): Runtime.TruncatedResponse."""
+    return Result(
+        outcome=Outcome.FUNCTION_ERROR,
+        body=errors.function_error_body(
+            "Runtime.TruncatedResponse", f"RequestId: {request_id} Error: {why}"
+        ),
+        request_id=request_id,
+        executed_version=executed_version,
+        error_type="Runtime.TruncatedResponse",
     )
