@@ -495,9 +495,12 @@ async def amqp_daemon(test: TestCase, name: str, command: list[str], task_root: 
         environ["LAMBDA_TASK_ROOT"] = task_root
     daemon = await start_daemon(command, environ)
     test.addCleanup(daemon.stop)
-    amqp = daemon.service.amqp
-    assert amqp is not None
+    amqp, consumer = daemon.service.amqp, daemon.service.consumer
+    assert amqp is not None and consumer is not None
     await eventually(reactor, lambda: amqp.connected, 10, "consuming its queue")
+    connection: Any = amqp.connection
+    # The streams' throttle is the producer of the broker connection's transport.
+    test.assertIs(connection.transport.producer, consumer.pressure)
     return daemon
 
 
@@ -568,6 +571,16 @@ class ThroughServerStreamingTests(TestCase):
         self.assertEqual(json.loads(answer["chunks"][0]), {"a": 1})
         self.assertEqual(answer["complete"], [{}])
         self.assertEqual(answer["ResponseStreamContentType"], "application/json")
+
+    async def test_ten_megabytes_whole(self) -> None:
+        """10 MiB through the server arrives whole and in order, with the daemon's transport throttling the runtime."""
+        name, url = await self.node()
+        size = 10 * 1024 * 1024
+        answer = await in_thread(stream_through, url, name, {"size": size})
+        body = b"".join(answer["chunks"])
+        self.assertEqual((len(body), body.count(b"x")), (size, size))
+        self.assertGreater(len(answer["chunks"]), 1)
+        self.assertEqual(answer["complete"], [{}])
 
     async def test_plain_invoke_stays_buffered(self) -> None:
         """Invoke (not the stream route) of the streaming function through the server: the whole body, one reply."""
