@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import json
 import os
+import socket
 import time
 from types import SimpleNamespace
 from typing import Any
@@ -19,7 +20,7 @@ from twisted.internet import reactor
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.error import ConnectionDone
 from twisted.internet.interfaces import IPushProducer
-from twisted.internet.task import Clock
+from twisted.internet.task import Clock, deferLater
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 from zope.interface import implementer
@@ -40,7 +41,7 @@ from lambdarapid.invocation import Invocation, Outcome, Result
 from lambdarapid.streams import ResponseStream
 from lambdarapid.testing import RunningDaemon, start_daemon
 
-from .amqp_support import amqp_uri, eventually, function_name, lambda_server, upstream_rpc
+from .amqp_support import Server, amqp_uri, eventually, function_name, lambda_server, upstream_rpc
 from .runtimes import function_environ, in_thread, lambda_client, python_runtime
 from .test_amqp_units import FUNCTION, FakeChannel, FakeConnection, FakeInvoker
 from .test_streaming_e2e import node_function
@@ -488,12 +489,14 @@ class RoundTripTests(SynchronousTestCase):
 # End to end: RabbitMQ, lambda-server in-process, a daemon in-process.
 
 
-async def amqp_daemon(test: TestCase, name: str, command: list[str], task_root: str | None = None) -> RunningDaemon:
+async def amqp_daemon(
+    test: TestCase, name: str, command: list[str], task_root: str | None = None, **settings: object
+) -> RunningDaemon:
     """A daemon serving C{name} on the local broker with C{command}, consuming its queue."""
     environ = function_environ(AMQP_URI=amqp_uri(), AWS_LAMBDA_FUNCTION_NAME=name)
     if task_root is not None:
         environ["LAMBDA_TASK_ROOT"] = task_root
-    daemon = await start_daemon(command, environ)
+    daemon = await start_daemon(command, environ, **settings)
     test.addCleanup(daemon.stop)
     amqp, consumer = daemon.service.amqp, daemon.service.consumer
     assert amqp is not None and consumer is not None
@@ -524,15 +527,19 @@ class ThroughServerStreamingTests(TestCase):
 
     timeout = 120
 
-    async def node(self) -> tuple[str, str]:
+    async def node(self, **settings: object) -> tuple[str, str]:
         """A Node streaming function behind a connected server: its name and the server's URL."""
+        name, server = await self.node_server(**settings)
+        return name, server.url
+
+    async def node_server(self, **settings: object) -> tuple[str, Server]:
         directory = await node_function()
         name = function_name("stream")
         command = ["node", os.path.join(directory, "node_modules", ".bin", "aws-lambda-ric"), "stream.handler"]
-        await amqp_daemon(self, name, command, directory)
+        await amqp_daemon(self, name, command, directory, **settings)
         server = lambda_server(self, reactor)
         await server.wait_connected()
-        return name, server.url
+        return name, server
 
     async def python(self) -> tuple[str, str]:
         name = function_name("echo")
@@ -581,6 +588,57 @@ class ThroughServerStreamingTests(TestCase):
         self.assertEqual((len(body), body.count(b"x")), (size, size))
         self.assertGreater(len(answer["chunks"]), 1)
         self.assertEqual(answer["complete"], [{}])
+
+    async def test_timeout_mid_stream(self) -> None:
+        """The daemon's function timeout mid-stream: the chunks so far, then ErrorCode Sandbox.Timedout; the next one works."""
+        name, url = await self.node(AWS_LAMBDA_FUNCTION_TIMEOUT=1)
+        answer = await in_thread(stream_through, url, name, {"parts": ["early", "late"], "pause_ms": 3000})
+        self.assertEqual(answer["chunks"], [b"early"])
+        [complete] = answer["complete"]
+        self.assertEqual(complete["ErrorCode"], "Sandbox.Timedout")
+        again = await in_thread(stream_through, url, name, {"parts": ["next"]})
+        self.assertEqual((again["chunks"], again["complete"]), ([b"next"], [{}]))
+
+    async def test_caller_hangs_up_mid_stream(self) -> None:
+        """A caller hanging up mid-stream drops its pending entry on the server; the next stream is whole."""
+        name, server = await self.node_server()
+        port = int(server.url.rsplit(":", 1)[1])
+        body = json.dumps({"parts": ["a", "b", "c"], "pause_ms": 1000}).encode()
+        path = f"/2021-11-15/functions/{name}/response-streaming-invocations".encode()
+
+        def hang_up() -> bytes:
+            with socket.create_connection(("127.0.0.1", port)) as connection:
+                connection.sendall(
+                    b"POST " + path + b" HTTP/1.1\r\nHost: x\r\n"
+                    b"Content-Length: %d\r\n\r\n" % len(body) + body
+                )
+                return connection.recv(4096)  # the head and the first chunk, then gone
+
+        head = await in_thread(hang_up)
+        self.assertTrue(head.startswith(b"HTTP/1.1 200"), head)
+        invoker = server.service_invoker()
+        # Well before the function's end, 2 s after its first write.
+        await eventually(reactor, lambda: invoker.pending == 0, 1.0, "the hung-up request forgotten")
+        await deferLater(reactor, 2.0, lambda: None)  # the function runs on to its end
+        again = await in_thread(stream_through, server.url, name, {"parts": ["whole"]})
+        self.assertEqual((again["chunks"], again["complete"]), ([b"whole"], [{}]))
+
+    async def test_unknown_function_is_404(self) -> None:
+        """A function nobody serves is 404 ResourceNotFoundException on the stream route too, before any stream."""
+        server = lambda_server(self, reactor)
+        await server.wait_connected()
+        await deferLater(reactor, STARTUP_REROUTE, lambda: None)  # past the server's startup hold
+
+        def call() -> str:
+            try:
+                lambda_client(server.url).invoke_with_response_stream(
+                    FunctionName=function_name("nobody"), Payload=b"{}"
+                )
+            except Exception as error:
+                return type(error).__name__
+            return "no error"
+
+        self.assertEqual(await in_thread(call), "ResourceNotFoundException")
 
     async def test_plain_invoke_stays_buffered(self) -> None:
         """Invoke (not the stream route) of the streaming function through the server: the whole body, one reply."""

@@ -50,8 +50,8 @@ from ..invocation import (
 )
 from ..logs import observer
 from ..metrics import NO_INVOCATIONS, TOO_LARGE, InvocationObserver
-from .connection import reconnect_if_closed
 from ..streams import ResponseStream
+from .connection import reconnect_if_closed
 from .messages import (
     CHUNK,
     END,
