@@ -10,9 +10,14 @@ a message costs two CRC-32s and one join.
 
 from __future__ import annotations
 
+import base64
 import json
 import struct
 import zlib
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from .invocation import Result
 
 MAX_CHUNK = 1024 * 1024
 """Largest payload per PayloadChunk: every SDK's event-stream decoder accepts it."""
@@ -100,3 +105,39 @@ def invoke_complete(
     }
     payload = json.dumps(members, separators=(",", ":")).encode("utf-8")
     return _frame(_INVOKE_COMPLETE_HEADERS, payload)
+
+
+def completion(result: Result) -> dict[str, str]:
+    """
+    The InvokeComplete members for how C{result} ended, for every transport:
+    none on success; else C{ErrorCode} (the result's error type, else its
+    document's C{errorType}, else C{Unhandled}) and C{ErrorDetails} (the
+    error document as text); C{LogResult} (base64) with a log tail.
+    """
+    members: dict[str, str] = {}
+    if result.outcome.is_error:
+        members["ErrorCode"] = (
+            result.error_type or _document_error_type(result.body) or "Unhandled"
+        )
+        members["ErrorDetails"] = result.body.decode("utf-8", "replace")
+    if result.log_tail:
+        members["LogResult"] = base64.b64encode(result.log_tail).decode()
+    return members
+
+
+def completed(result: Result) -> bytes:
+    """The InvokeComplete event for C{result}."""
+    members = completion(result)
+    return invoke_complete(
+        members.get("ErrorCode"), members.get("ErrorDetails"), members.get("LogResult")
+    )
+
+
+def _document_error_type(body: bytes) -> str | None:
+    """The errorType an error document names, if it is one."""
+    try:
+        document = json.loads(body)
+    except ValueError:
+        return None
+    error_type = document.get("errorType") if isinstance(document, dict) else None
+    return error_type if isinstance(error_type, str) else None

@@ -13,7 +13,6 @@ import re
 from urllib.parse import parse_qs, unquote
 from typing import Any, Callable
 
-import orjson
 from klein import Klein
 from werkzeug.exceptions import MethodNotAllowed, NotFound
 from twisted.internet.defer import CancelledError, Deferred
@@ -432,27 +431,6 @@ class InvokeAPI:
         return error.body
 
 
-def _completion(result: Result) -> bytes:
-    """The InvokeComplete event for how C{result} ended: {} on success, else its error."""
-    log_result = base64.b64encode(result.log_tail).decode() if result.log_tail else None
-    if not result.outcome.is_error:
-        return eventstream.invoke_complete(log_result=log_result)
-    error_code = result.error_type or _document_error_type(result.body) or "Unhandled"
-    return eventstream.invoke_complete(
-        error_code, result.body.decode("utf-8", "replace"), log_result
-    )
-
-
-def _document_error_type(body: bytes) -> str | None:
-    """The errorType an error document names, if it is one."""
-    try:
-        document = orjson.loads(body)
-    except orjson.JSONDecodeError:
-        return None
-    error_type = document.get("errorType") if isinstance(document, dict) else None
-    return error_type if isinstance(error_type, str) else None
-
-
 def _stream_answer(result: Result, request: Request) -> None:
     """
     InvokeWithResponseStream's answer: 200 with the function's content type,
@@ -471,7 +449,7 @@ def _stream_answer(result: Result, request: Request) -> None:
     if not result.outcome.is_error:
         for event in eventstream.payload_chunks(result.body):
             request.write(event)
-    request.write(_completion(result))
+    request.write(eventstream.completed(result))
     request.finish()
     return None
 
@@ -497,7 +475,7 @@ class _EventStreamWriter:
             return
         request = self._request
         request.unregisterProducer()
-        request.write(_completion(result))
+        request.write(eventstream.completed(result))
         request.finish()
 
     def _hung_up(self, _: Failure) -> None:

@@ -31,6 +31,7 @@ from typing import Any, Mapping
 import pika
 
 from .. import errors
+from ..eventstream import completion
 from ..invocation import Invocation, Outcome, Result
 
 JSON = "application/json"
@@ -180,32 +181,6 @@ def split_chunk(data: bytes) -> list[bytes]:
         bytes(view[start : start + MAX_STREAM_CHUNK])
         for start in range(0, len(data), MAX_STREAM_CHUNK)
     ]
-
-
-def completion(result: Result) -> dict[str, str]:
-    """
-    The InvokeComplete members for how C{result} ended: none on success;
-    else C{ErrorCode} (the result's error type, else its document's
-    C{errorType}, else C{Unhandled}) and C{ErrorDetails} (the error document
-    as text); C{LogResult} (base64) with a log tail.
-    """
-    members: dict[str, str] = {}
-    if result.outcome.is_error:
-        members["ErrorCode"] = result.error_type or _document_error_type(result.body) or "Unhandled"
-        members["ErrorDetails"] = result.body.decode("utf-8", "replace")
-    if result.log_tail:
-        members["LogResult"] = base64.b64encode(result.log_tail).decode()
-    return members
-
-
-def _document_error_type(body: bytes) -> str | None:
-    """The errorType an error document names, if it is one."""
-    try:
-        document = json.loads(body)
-    except ValueError:
-        return None
-    error_type = document.get("errorType") if isinstance(document, dict) else None
-    return error_type if isinstance(error_type, str) else None
 
 
 def end_body(result: Result) -> bytes:
