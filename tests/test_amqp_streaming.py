@@ -496,6 +496,8 @@ async def amqp_daemon(
     environ = function_environ(AMQP_URI=amqp_uri(), AWS_LAMBDA_FUNCTION_NAME=name)
     if task_root is not None:
         environ["LAMBDA_TASK_ROOT"] = task_root
+    # Room for a Node cold start on a loaded machine; the timeout test sets its own.
+    settings.setdefault("AWS_LAMBDA_FUNCTION_TIMEOUT", 30)
     daemon = await start_daemon(command, environ, **settings)
     test.addCleanup(daemon.stop)
     amqp, consumer = daemon.service.amqp, daemon.service.consumer

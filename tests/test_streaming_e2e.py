@@ -53,6 +53,8 @@ async def node_function() -> str:
 
 async def start_node(test: TestCase, **settings: object) -> RunningDaemon:
     """A daemon running the Node example's streaming handler."""
+    # Room for a Node cold start on a loaded machine; the timeout test sets its own.
+    settings.setdefault("AWS_LAMBDA_FUNCTION_TIMEOUT", 30)
     directory = await node_function()
     daemon = await start_daemon(
         ["node", os.path.join(directory, "node_modules", ".bin", "aws-lambda-ric"), "stream.handler"],
@@ -64,6 +66,7 @@ async def start_node(test: TestCase, **settings: object) -> RunningDaemon:
 
 
 async def start_bash(test: TestCase, **settings: object) -> RunningDaemon:
+    settings.setdefault("AWS_LAMBDA_FUNCTION_TIMEOUT", 30)
     daemon = await start_daemon(
         [os.path.join(STREAM_BASH, "bootstrap")],
         function_environ(LAMBDA_TASK_ROOT=STREAM_BASH, _HANDLER="stream.handler"),
