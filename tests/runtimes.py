@@ -9,6 +9,7 @@ from C{_trial_temp}, so the working directory would not do).
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import sys
 import time
@@ -17,7 +18,8 @@ from typing import Any, Callable, TypeVar
 from twisted.internet import reactor
 from twisted.internet.task import deferLater
 from twisted.internet.threads import deferToThread
-from twisted.trial.unittest import TestCase
+from twisted.internet.utils import getProcessOutputAndValue
+from twisted.trial.unittest import SkipTest, TestCase
 
 from lambdarapid.config import DAEMON_VARIABLES
 from lambdarapid.testing import RunningDaemon, start_daemon
@@ -106,3 +108,40 @@ async def wait_until_gone(pid: int, timeout: float = 10.0) -> bool:
             return False
         await deferLater(reactor, 0.02, lambda: None)
     return True
+
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+NODE_EXAMPLE = os.path.join(ROOT, "examples", "echo", "node")
+#: The Node example with its node_modules, built once and reused between runs (git-ignored).
+NODE_DIR = os.path.join(ROOT, "build", "test-artifacts", "node-echo")
+#: How long a test that needs the Node example may take: the first one runs npm install,
+#: and aws-lambda-ric compiles native code (a minute or two).
+NODE_TEST_TIMEOUT = 600
+
+
+async def node_example() -> str:
+    """
+    The Node example's directory with aws-lambda-ric installed. npm runs in a
+    directory of its own that is renamed into place only once the install has
+    succeeded, so a test timed out mid-install leaves nothing half-built for
+    the next one. The example's handlers are copied in as they are now.
+    """
+    if shutil.which("node") is None or shutil.which("npm") is None:
+        raise SkipTest("Node.js is not installed")
+    if not os.path.isdir(os.path.join(NODE_DIR, "node_modules", "aws-lambda-ric")):
+        building = f"{NODE_DIR}.building-{os.getpid()}"
+        shutil.rmtree(building, ignore_errors=True)
+        shutil.copytree(NODE_EXAMPLE, building)
+        environ = dict(os.environ, PATH=BIN + os.pathsep + os.environ.get("PATH", os.defpath))
+        out, err, code = await getProcessOutputAndValue(
+            "npm", ["install", "--no-audit", "--no-fund"], env=environ, path=building
+        )
+        if code != 0:
+            shutil.rmtree(building, ignore_errors=True)
+            raise AssertionError(out.decode()[-2000:] + err.decode()[-2000:])
+        shutil.rmtree(NODE_DIR, ignore_errors=True)
+        os.rename(building, NODE_DIR)
+    for name in os.listdir(NODE_EXAMPLE):
+        if name.endswith(".mjs"):
+            shutil.copy(os.path.join(NODE_EXAMPLE, name), NODE_DIR)
+    return NODE_DIR

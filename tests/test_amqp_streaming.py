@@ -42,9 +42,15 @@ from lambdarapid.streams import ResponseStream
 from lambdarapid.testing import RunningDaemon, start_daemon
 
 from .amqp_support import Server, amqp_uri, eventually, function_name, lambda_server, upstream_rpc
-from .runtimes import function_environ, in_thread, lambda_client, python_runtime
+from .runtimes import (
+    NODE_TEST_TIMEOUT,
+    function_environ,
+    in_thread,
+    lambda_client,
+    node_example,
+    python_runtime,
+)
 from .test_amqp_units import FUNCTION, FakeChannel, FakeConnection, FakeInvoker
-from .test_streaming_e2e import node_function
 
 
 class Reader:
@@ -527,7 +533,7 @@ def stream_through(url: str, name: str, event: Any) -> dict[str, Any]:
 class ThroughServerStreamingTests(TestCase):
     """InvokeWithResponseStream through lambda-server, over RabbitMQ, to a daemon."""
 
-    timeout = 120
+    timeout = NODE_TEST_TIMEOUT
 
     async def node(self, **settings: object) -> tuple[str, str]:
         """A Node streaming function behind a connected server: its name and the server's URL."""
@@ -535,7 +541,7 @@ class ThroughServerStreamingTests(TestCase):
         return name, server.url
 
     async def node_server(self, **settings: object) -> tuple[str, Server]:
-        directory = await node_function()
+        directory = await node_example()
         name = function_name("stream")
         command = ["node", os.path.join(directory, "node_modules", ".bin", "aws-lambda-ric"), "stream.handler"]
         await amqp_daemon(self, name, command, directory, **settings)
@@ -661,11 +667,11 @@ class ThroughServerStreamingTests(TestCase):
 class DaemonWireTests(TestCase):
     """The daemon's stream messages on a real broker, read by a plain AMQP client."""
 
-    timeout = 60
+    timeout = NODE_TEST_TIMEOUT
 
     async def test_wire_messages(self) -> None:
         """On the wire, an opted-in request gets start, a chunk per write and end, in seq order; one without gets one reply."""
-        directory = await node_function()
+        directory = await node_example()
         name = function_name("stream")
         command = ["node", os.path.join(directory, "node_modules", ".bin", "aws-lambda-ric"), "stream.handler"]
         await amqp_daemon(self, name, command, directory)

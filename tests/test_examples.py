@@ -21,6 +21,7 @@ from twisted.internet.utils import getProcessOutputAndValue
 from twisted.trial.unittest import SkipTest, TestCase
 
 from .executable import built_executable
+from .runtimes import node_example
 from lambdarapid.testing import InvokeClient, free_port, free_port_block, start_daemon
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -127,18 +128,8 @@ class NodeAndExecutableTests(TestCase):
 
     async def build(self) -> tuple[str, str]:
         """The Node example with its node_modules, and the executable; built once, then reused."""
-        if shutil.which("node") is None or shutil.which("npm") is None:
-            raise SkipTest("Node.js is not installed")
-        node_dir = os.path.join(ARTIFACTS, "node-echo")
-        steps = []
-        if not os.path.isdir(os.path.join(node_dir, "node_modules", "aws-lambda-ric")):
-            shutil.rmtree(node_dir, ignore_errors=True)
-            shutil.copytree(os.path.join(ECHO, "node"), node_dir)
-            steps.append(run(["npm", "install", "--no-audit", "--no-fund"], cwd=node_dir))
+        node_dir = await node_example()
         executable = await built_executable()
-        for step in steps:
-            out, err, code = await step
-            self.assertEqual(code, 0, out.decode()[-2000:] + err.decode()[-2000:])
         return node_dir, executable
 
     async def test_node_echo_through_the_executable_without_python(self) -> None:

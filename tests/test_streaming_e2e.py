@@ -9,7 +9,6 @@ from __future__ import annotations
 import base64
 import json
 import os
-import shutil
 import socket
 import sys
 import time
@@ -18,44 +17,30 @@ from typing import Any
 from twisted.internet import reactor
 from twisted.internet.task import deferLater
 from twisted.internet.utils import getProcessOutputAndValue
-from twisted.trial.unittest import SkipTest, TestCase
+from twisted.trial.unittest import TestCase
 
 from lambdarapid.testing import RunningDaemon, start_daemon
 
-from .runtimes import BIN, FUNCTIONS, function_environ, in_thread, lambda_client, start_python
+from .runtimes import (
+    FUNCTIONS,
+    NODE_TEST_TIMEOUT,
+    function_environ,
+    in_thread,
+    lambda_client,
+    node_example,
+    start_python,
+)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-NODE_EXAMPLE = os.path.join(ROOT, "examples", "echo", "node")
-#: Shared with test_examples: the Node example with its node_modules, built once.
-NODE_DIR = os.path.join(ROOT, "build", "test-artifacts", "node-echo")
 STREAM_BASH = os.path.join(FUNCTIONS, "stream-bash")
 STREAM_PATH = "/2021-11-15/functions/function/response-streaming-invocations"
-
-
-async def node_function() -> str:
-    """The Node example's directory with aws-lambda-ric installed (npm install once)."""
-    if shutil.which("node") is None or shutil.which("npm") is None:
-        raise SkipTest("Node.js is not installed")
-    if not os.path.isdir(os.path.join(NODE_DIR, "node_modules", "aws-lambda-ric")):
-        shutil.rmtree(NODE_DIR, ignore_errors=True)
-        shutil.copytree(NODE_EXAMPLE, NODE_DIR)
-        environ = dict(os.environ, PATH=BIN + os.pathsep + os.environ.get("PATH", os.defpath))
-        out, err, code = await getProcessOutputAndValue(
-            "npm", ["install", "--no-audit", "--no-fund"], env=environ, path=NODE_DIR
-        )
-        if code != 0:
-            raise AssertionError(out.decode()[-2000:] + err.decode()[-2000:])
-    for name in os.listdir(NODE_EXAMPLE):  # the handlers as they are now
-        if name.endswith(".mjs"):
-            shutil.copy(os.path.join(NODE_EXAMPLE, name), NODE_DIR)
-    return NODE_DIR
 
 
 async def start_node(test: TestCase, **settings: object) -> RunningDaemon:
     """A daemon running the Node example's streaming handler."""
     # Room for a Node cold start on a loaded machine; the timeout test sets its own.
     settings.setdefault("AWS_LAMBDA_FUNCTION_TIMEOUT", 30)
-    directory = await node_function()
+    directory = await node_example()
     daemon = await start_daemon(
         ["node", os.path.join(directory, "node_modules", ".bin", "aws-lambda-ric"), "stream.handler"],
         function_environ(LAMBDA_TASK_ROOT=directory),
@@ -98,7 +83,7 @@ def stream(daemon: RunningDaemon, event: Any, **parameters: Any) -> dict[str, An
 class NodeStreamingTests(TestCase):
     """The Node RIC's streamifyResponse, as boto3 reads it."""
 
-    timeout = 300
+    timeout = NODE_TEST_TIMEOUT
 
     async def test_chunks_arrive_as_written(self) -> None:
         """Two writes 1 s apart: the first reaches the caller well before the function ends."""
