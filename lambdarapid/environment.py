@@ -87,7 +87,7 @@ TELEMETRY_FLUSH_TIMEOUT = 0.5
 
 
 def _json_record(line: bytes) -> Any:
-    """A function's log line in JSON log format: its object, as telemetry gives it (else the text)."""
+    """A function's log line in JSON log format: its object, as telemetry gives it; else its text."""
     if line.startswith(b"{"):
         try:
             return orjson.loads(line)
@@ -439,7 +439,11 @@ class ExecutionEnvironment:
         def shut_extensions_down() -> None:
             self.extensions.send(
                 SHUTDOWN,
-                {"eventType": SHUTDOWN, "deadlineMs": _epoch_ms(deadline), "shutdownReason": reason},
+                {
+                    "eventType": SHUTDOWN,
+                    "deadlineMs": _epoch_ms(deadline),
+                    "shutdownReason": reason,
+                },
             )
             for name in self.sandbox.external:
                 extension = self.extensions.by_name.get(name)

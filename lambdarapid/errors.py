@@ -140,6 +140,17 @@ def function_error_body(error_type: str, message: str) -> bytes:
     return json.dumps({"errorMessage": message, "errorType": error_type}).encode()
 
 
+def error_document(error_type: str | None, body: bytes) -> bytes:
+    """
+    What a runtime's error report (init/error, /error, error trailers) is
+    answered with: its body, or when it sent none a document made from its
+    error type header.
+    """
+    if body.strip():
+        return body
+    return function_error_body(error_type or "Unknown", error_type or "Unknown error")
+
+
 def _runtime_error(status: int, error_type: str, message: str) -> APIError:
     return APIError(status, error_type, function_error_body(error_type, message))
 
@@ -283,7 +294,7 @@ def _subscription_error(status: int, error_type: str, message: str) -> APIError:
 
 
 def subscription_invalid(api: str, message: str) -> APIError:
-    """400 for a bad subscription body: C{ValidationError} (Telemetry) or C{Logs.ValidationError}."""
+    """400 for a bad subscription: C{ValidationError} (Telemetry) or C{Logs.ValidationError}."""
     error_type = "Logs.ValidationError" if api == "logs" else "ValidationError"
     return _subscription_error(400, error_type, message)
 

@@ -49,7 +49,10 @@ def _frame(header_block: bytes, payload: bytes) -> bytes:
 
 
 def encode_message(headers: list[tuple[str, str]], payload: bytes) -> bytes:
-    """One event-stream message: prelude (total length, headers length, prelude CRC-32), string headers (type 7), payload, message CRC-32."""
+    """
+    One event-stream message: prelude (total length, headers length, prelude
+    CRC-32), string headers (type 7), payload, message CRC-32.
+    """
     return _frame(_encode_headers(headers), payload)
 
 

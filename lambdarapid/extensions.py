@@ -264,4 +264,6 @@ class Extensions:
         for each in self.by_id.values():
             waiting, each.waiting = each.waiting, None
             if waiting is not None:
-                waiting.errback(errors.container_error("the execution environment is shutting down"))
+                waiting.errback(
+                    errors.container_error("the execution environment is shutting down")
+                )

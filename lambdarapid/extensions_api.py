@@ -58,7 +58,7 @@ def _body(request: IRequest) -> bytes:
 
 
 class ColdRoutes:
-    """Extensions API, Telemetry and Logs APIs, and the runtime's init/error, for one environment."""
+    """The Extensions, Telemetry and Logs APIs, and the runtime's init/error, of one environment."""
 
     app = Klein()
 
@@ -121,10 +121,5 @@ class ColdRoutes:
         _require(request, b"POST")
         raw_type = _header(request, b"Lambda-Runtime-Function-Error-Type")
         error_type = raw_type.decode("utf-8", "replace") if raw_type else None
-        body = _body(request)
-        if not body.strip():
-            body = errors.function_error_body(
-                error_type or "Unknown", error_type or "Unknown error"
-            )
-        self._environment.init_failed(error_type, body)
+        self._environment.init_failed(error_type, errors.error_document(error_type, _body(request)))
         return _answer(request, 202, errors.ACCEPTED)

@@ -440,7 +440,8 @@ def _stream_answer(result: Result, request: Request) -> None:
     """
     headers = request.responseHeaders
     stream = result.stream
-    content_type = (stream.content_type if stream is not None else result.content_type) or "application/json"
+    content_type = stream.content_type if stream is not None else result.content_type
+    content_type = content_type or "application/json"
     headers.setRawHeaders(b"content-type", [content_type.encode("latin-1")])
     headers.setRawHeaders(b"x-amz-executed-version", [result.executed_version.encode()])
     if stream is not None:

@@ -119,9 +119,7 @@ def _error_document(request: _Request, body: bytes) -> tuple[str | None, bytes]:
                 body = base64.b64decode(raw_body, validate=True)
             except (binascii.Error, ValueError):
                 body = b""
-    if not body.strip():
-        body = errors.function_error_body(error_type or "Unknown", error_type or "Unknown error")
-    return error_type, body
+    return error_type, errors.error_document(error_type, body)
 
 
 _UNSAFE = str.maketrans("", "", "\r\n\x00")
@@ -220,14 +218,15 @@ class RuntimeAPI:
 
     def begin_stream(self, path: bytes, headers: dict[bytes, bytes]) -> ResponseStream | None:
         """
-        A response POST's head has arrived: in C{streaming} mode, for an
-        invocation whose caller takes a stream, its body goes to the caller as
-        it comes. None: it is read whole, as any other request.
+        A request with a response mode has its head in: a response POST in
+        C{streaming} mode, for an invocation whose caller takes a stream, has
+        its body go to the caller as it comes. None: it is read whole, as any
+        other request.
         """
-        if not (path.startswith(_INVOCATION) and path.endswith(_RESPONSE)):
-            return None
         mode = headers.get(_RESPONSE_MODE)
         if mode is None or mode.lower() != b"streaming":
+            return None
+        if not (path.startswith(_INVOCATION) and path.endswith(_RESPONSE)):
             return None
         content_type = headers.get(b"content-type", b"application/octet-stream")
         return self._environment.begin_stream(
@@ -360,9 +359,10 @@ class RuntimeAPIProtocol(Protocol):
         #: The current head's URL and header bytes, as the parser reports them.
         self._head_size = 0
         self._completed = 0
-        #: The response being streamed to its caller as it comes, and its path.
+        #: The current request's path, known once its head is in.
+        self._path = b""
+        #: The response being streamed to its caller as it comes (its path is L{_path}).
         self._stream: ResponseStream | None = None
-        self._stream_path = b""
         self._stream_oversized = False
         self._stream_refused: errors.APIError | None = None
 
@@ -397,16 +397,16 @@ class RuntimeAPIProtocol(Protocol):
 
     def on_headers_complete(self) -> None:
         self._in_head = False
-        if self._parser.get_method() == b"POST":
-            path, _, _ = b"".join(self._url).partition(b"?")
+        self._path, _, _ = b"".join(self._url).partition(b"?")
+        if _RESPONSE_MODE in self._headers and self._parser.get_method() == b"POST":
             try:
-                stream = self._api.begin_stream(path, self._headers)
+                stream = self._api.begin_stream(self._path, self._headers)
             except errors.APIError as error:
                 # Out of turn: answered once the body is in, and the body is not kept.
                 self._stream_refused = error
                 stream = None
             if stream is not None:
-                self._stream, self._stream_path = stream, path
+                self._stream = stream
                 stream.set_producer(self.transport)  # type: ignore[arg-type]
         # curl asks before sending a body over 1 MB; without an answer it waits a second.
         if self._headers.get(b"expect", b"").lower() == b"100-continue":
@@ -426,7 +426,7 @@ class RuntimeAPIProtocol(Protocol):
 
     def on_message_complete(self) -> None:
         parser = self._parser
-        path, _, _ = b"".join(self._url).partition(b"?")
+        path = self._path
         stream, self._stream = self._stream, None
         refused, self._stream_refused = self._stream_refused, None
         if stream is not None:
@@ -509,7 +509,7 @@ class RuntimeAPIProtocol(Protocol):
         self._requests.clear()
         stream, self._stream = self._stream, None
         if stream is not None:
-            self._api.truncated(stream, self._stream_path)
+            self._api.truncated(stream, self._path)
         waiting, self._waiting = self._waiting, None
         if waiting is not None:
             waiting.cancel()  # the runtime hung up its GET /next

@@ -61,10 +61,6 @@ class ResponseStream:
     def __repr__(self) -> str:
         return f"<ResponseStream {self.content_type} {self.size} bytes>"
 
-    @property
-    def closed(self) -> bool:
-        return self.result is not None
-
     # The runtime's side
 
     def set_producer(self, producer: IPushProducer | None) -> None:

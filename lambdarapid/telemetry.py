@@ -563,15 +563,20 @@ class TelemetryHub:
         self._reactor = reactor
         self._function = function
         self._pool: HTTPConnectionPool | None = None
-        if agent is None:
-            self._pool = HTTPConnectionPool(reactor, persistent=True)
-            self._pool._factory = _QuietClientFactory
-            agent = Agent(reactor, pool=self._pool)
+        #: Made at the first subscription: most environments never have one.
         self._agent = agent
         self._subscribers: dict[tuple[str, str], _Subscriber] = {}
         self._backlog: _Backlog | None = _Backlog()
         self._stopped = False
         self._drained: Deferred[None] | None = None
+
+    def _client(self) -> IAgent:
+        """The HTTP client the subscribers deliver with, one persistent pool for them all."""
+        if self._agent is None:
+            self._pool = HTTPConnectionPool(self._reactor, persistent=True)
+            self._pool._factory = _QuietClientFactory
+            self._agent = Agent(self._reactor, pool=self._pool)
+        return self._agent
 
     @property
     def subscribed(self) -> bool:
@@ -600,7 +605,7 @@ class TelemetryHub:
             # Subscribing again replaces the settings; what is queued stays queued.
             existing.replace(subscription)
         else:
-            subscriber = _Subscriber(self._reactor, self._agent, subscription, self._check_drained)
+            subscriber = _Subscriber(self._reactor, self._client(), subscription, self._check_drained)
             self._subscribers[api, extension] = subscriber
             subscriber.offer(self._replay(subscription))
         self.platform(
