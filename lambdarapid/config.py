@@ -56,6 +56,8 @@ DAEMON_VARIABLES = frozenset(
         "AMQP_PREFETCH",
         "ENABLE_OPENFAAS",
         "METRICS_PORT",
+        "FUNCTION_URL_PORT",
+        "FUNCTION_URL_INVOKE_MODE",
         "EXTENSIONS_DIR",
         "SHUTDOWN_TIMEOUT",
         "AWS_LAMBDA_FUNCTION_TIMEOUT",
@@ -144,6 +146,10 @@ class RapidConfig:
     runtime_environ: Mapping[str, str] = field(default_factory=dict)
     #: Where the external extensions are (EXTENSIONS_DIR); None: no extensions.
     extensions_dir: str | None = None
+    #: Where the function is also served as a Function URL; None: not at all.
+    function_url_port: int | None = None
+    #: FUNCTION_URL_INVOKE_MODE: "BUFFERED" or "RESPONSE_STREAM".
+    function_url_invoke_mode: str = "BUFFERED"
 
 
 @dataclass(frozen=True)
@@ -163,6 +169,9 @@ class ServerConfig:
     log_format: str = "Text"
 
 
+#: FUNCTION_URL_INVOKE_MODE values, as Lambda spells them (any case accepted).
+FUNCTION_URL_INVOKE_MODES = ("BUFFERED", "RESPONSE_STREAM")
+
 #: AWS_LAMBDA_LOG_FORMAT values, any case, as Lambda spells them.
 LOG_FORMATS = {"text": "Text", "json": "JSON"}
 #: AWS_LAMBDA_LOG_LEVEL values (Lambda's application levels).
@@ -171,6 +180,30 @@ APPLICATION_LOG_LEVELS = ("TRACE", "DEBUG", "INFO", "WARN", "ERROR", "FATAL")
 
 def _log_format(raw: str) -> str:
     return LOG_FORMATS[raw.lower()]
+
+
+def _invoke_mode(raw: str) -> str:
+    mode = raw.upper()
+    if mode not in FUNCTION_URL_INVOKE_MODES:
+        raise ValueError(raw)
+    return mode
+
+
+def _check_function_url_port(
+    port: int | None, invoke_port: int, metrics_port: int | None, runtime_ports: range
+) -> None:
+    """A Function URL port must be a port of its own: one clear line if it is not."""
+    if port is None:
+        return
+    if port == invoke_port:
+        raise ConfigError(f"FUNCTION_URL_PORT={port} is also PORT, the Invoke API's port")
+    if port == metrics_port:
+        raise ConfigError(f"FUNCTION_URL_PORT={port} is also METRICS_PORT")
+    if port in runtime_ports:
+        raise ConfigError(
+            f"FUNCTION_URL_PORT={port} is one of the Runtime API ports "
+            f"({runtime_ports.start}-{runtime_ports.stop - 1})"
+        )
 
 
 def _application_level(raw: str) -> str:
@@ -356,12 +389,21 @@ def rapid_config(command: Sequence[str], environ: Mapping[str, str]) -> RapidCon
         application_log_level = "INFO"  # Lambda's default application level in JSON mode
     if application_log_level is not None:
         runtime_environ["AWS_LAMBDA_LOG_LEVEL"] = application_log_level
+    port = _get(environ, "PORT", _port, 8080, "a port number")
+    metrics_port = _get(environ, "METRICS_PORT", _port, None, "a port number")
+    function_url_port = _get(environ, "FUNCTION_URL_PORT", _port, None, "a port number")
+    _check_function_url_port(
+        function_url_port,
+        port,
+        metrics_port,
+        range(runtime_port, runtime_port + max_concurrency),
+    )
     return RapidConfig(
         command=executable_command,
         handler=handler,
         function=function,
         invoke_host=environ.get("INVOKE_API_HOST", "").strip() or "0.0.0.0",
-        port=_get(environ, "PORT", _port, 8080, "a port number"),
+        port=port,
         runtime_host=environ.get("RUNTIME_API_HOST", "").strip() or "127.0.0.1",
         runtime_port=runtime_port,
         max_concurrency=max_concurrency,
@@ -381,7 +423,15 @@ def rapid_config(command: Sequence[str], environ: Mapping[str, str]) -> RapidCon
         log_level=_get(environ, "LOG_LEVEL", _level, LogLevel.info, _LEVEL_NAMES),
         print_reports=_get(environ, "PRINT_REPORTS", _boolean, False, "true or false"),
         enable_openfaas=_get(environ, "ENABLE_OPENFAAS", _boolean, False, "true or false"),
-        metrics_port=_get(environ, "METRICS_PORT", _port, None, "a port number"),
+        metrics_port=metrics_port,
+        function_url_port=function_url_port,
+        function_url_invoke_mode=_get(
+            environ,
+            "FUNCTION_URL_INVOKE_MODE",
+            _invoke_mode,
+            "BUFFERED",
+            " or ".join(FUNCTION_URL_INVOKE_MODES),
+        ),
         log_format=log_format,
         application_log_level=application_log_level,
         amqp_uri=_amqp_uri(environ, None),

@@ -131,6 +131,41 @@ def unknown_operation(status: int) -> APIError:
     )
 
 
+# Function URL errors: a C{Message} document and the same C{x-amzn-ErrorType}.
+
+
+def _url_error(status: int, error_type: str, message: str) -> APIError:
+    return APIError(status, error_type, json.dumps({"Message": message}, separators=(",", ":")).encode())
+
+
+def url_too_large(limit: int = MAX_SYNC_PAYLOAD) -> APIError:
+    """413 at a Function URL: the whole event, not just the body, must fit the sync limit."""
+    return _url_error(
+        413,
+        "RequestTooLargeException",
+        f"Request must be smaller than {limit} bytes for the InvokeFunction operation",
+    )
+
+
+def url_throttled(retry_after: int = 1) -> APIError:
+    """429 at a Function URL: every environment busy and the queue full."""
+    error = _url_error(429, "TooManyRequestsException", "Rate Exceeded.")
+    error.headers["Retry-After"] = str(retry_after)
+    return error
+
+
+def url_unavailable(message: str, retry_after: int = 1) -> APIError:
+    """503 at a Function URL: the daemon is draining, or the server has no broker."""
+    error = _url_error(503, "ServiceUnavailableException", message)
+    error.headers["Retry-After"] = str(retry_after)
+    return error
+
+
+def url_not_found(message: str) -> APIError:
+    """403 at a Function URL with no function behind it, as AWS answers an unknown URL."""
+    return _url_error(403, "AccessDeniedException", message)
+
+
 def function_error_body(error_type: str, message: str) -> bytes:
     """
     The C{{"errorMessage", "errorType"}} document: what runtimes post, what

@@ -20,6 +20,7 @@ from .amqp.connection import AMQPConnectionService
 from .amqp.consumer import RPCConsumer
 from .amqp.parameters import parse_amqp_uri
 from .config import ConfigError, RapidConfig, endpoint_description, rapid_config
+from .function_url_api import FunctionURLResource
 from .invoke_api import InvokeAPI, InvokeAPIResource
 from .metrics import NO_INVOCATIONS, DaemonMetrics
 from .pool import Pool
@@ -78,11 +79,18 @@ Environment variables (default in parentheses):
                                    /readyz on INVOKE_API_HOST:METRICS_PORT (unset: off)
   EXTENSIONS_DIR                   where the external extensions are: each executable
                                    file is one, started with every runtime (/opt/extensions)
+  FUNCTION_URL_PORT                also serve the function as a Function URL on
+                                   INVOKE_API_HOST:FUNCTION_URL_PORT: every HTTP request
+                                   is one event, the result its response (unset: off)
+  FUNCTION_URL_INVOKE_MODE         BUFFERED or RESPONSE_STREAM: the Function URL's
+                                   invoke mode (BUFFERED)
 
 Examples:
   lambda-rapid python3 -m awslambdaric echo.handler
   curl -d '{"hello":"world"}' \\
     http://localhost:8080/2015-03-31/functions/function/invocations
+  FUNCTION_URL_PORT=8081 lambda-rapid python3 -m awslambdaric app.handler
+  curl http://localhost:8081/items?q=1
 """
 
 #: The AWS RIE's command-line options that take a value, and what each sets.
@@ -184,6 +192,8 @@ class RapidService(MultiService):
         self.consumer: RPCConsumer | None = None
         self.amqp: AMQPConnectionService | None = None
         self.listener: ListenerService | None = None
+        #: With FUNCTION_URL_PORT: the Function URL's listener.
+        self.function_url_listener: ListenerService | None = None
         #: With METRICS_PORT: the daemon's metrics and their listener.
         self.metrics: DaemonMetrics | None = None
         self.metrics_listener: ListenerService | None = None
@@ -267,6 +277,27 @@ def make_rapid_service(
         reactor, endpoint_description(config.invoke_host, config.port), site, "Invoke API"
     )
     service.listener.setServiceParent(service)
+    if config.function_url_port is not None:
+        url = FunctionURLResource(
+            pool,
+            reactor,
+            config.function_url_port,
+            config.function,
+            streaming=config.function_url_invoke_mode == "RESPONSE_STREAM",
+            invocations=observer,
+        )
+        service.function_url_listener = ListenerService(
+            reactor,
+            endpoint_description(config.invoke_host, config.function_url_port),
+            QuietSite(
+                url,
+                bounded_request(errors.MAX_SYNC_PAYLOAD),
+                reactor,
+                too_large=errors.url_too_large,
+            ),
+            "Function URL",
+        )
+        service.function_url_listener.setServiceParent(service)
     if config.amqp_uri is not None:
         service.amqp = AMQPConnectionService(parse_amqp_uri(config.amqp_uri), reactor)
         service.consumer = RPCConsumer(

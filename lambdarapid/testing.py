@@ -304,6 +304,8 @@ class RunningDaemon:
         self.port = config.port
         #: With METRICS_PORT: where C{/metrics}, C{/healthz} and C{/readyz} are served.
         self.metrics_url: str | None = None
+        #: With FUNCTION_URL_PORT: the Function URL's base URL (no trailing slash).
+        self.function_url: str | None = None
 
     async def _start(self) -> None:
         listener = self.service.listener
@@ -320,6 +322,9 @@ class RunningDaemon:
         if self.service.metrics_listener is not None:
             metrics_port = await self.service.metrics_listener.listening
             self.metrics_url = f"http://{host}:{cast(IPv4Address, metrics_port.getHost()).port}"
+        if self.service.function_url_listener is not None:
+            url_port = await self.service.function_url_listener.listening
+            self.function_url = f"http://{host}:{cast(IPv4Address, url_port.getHost()).port}"
 
     # What the daemon wrote
 
@@ -433,7 +438,12 @@ class RunningDaemon:
         try:
             if self.service.running:
                 await self.service.stopService()
-            for listener in (self.service.listener, self.service.metrics_listener):
+            listeners = (
+                self.service.listener,
+                self.service.function_url_listener,
+                self.service.metrics_listener,
+            )
+            for listener in listeners:
                 if listener is not None:
                     # Callers' keep-alive connections (boto3's) outlive the port.
                     await listener.close_connections()
@@ -462,7 +472,8 @@ async def start_daemon(
     C{RUNTIME_API_PORT} or C{INVOKE_API_HOST} are given as settings. With a
     C{METRICS_PORT} setting the daemon also serves C{/metrics}, C{/healthz}
     and C{/readyz}, at L{RunningDaemon.metrics_url}; C{METRICS_PORT=0} picks
-    a free port.
+    a free port. So does C{FUNCTION_URL_PORT=0}: the function is then also
+    a Function URL, at L{RunningDaemon.function_url}.
 
     A bad setting raises L{lambdarapid.config.ConfigError}, as the daemon
     would refuse to start. Runtimes are spawned on the first invocation.
@@ -476,6 +487,9 @@ async def start_daemon(
     pick_metrics_port = given.get("METRICS_PORT") == "0"
     if pick_metrics_port:
         del given["METRICS_PORT"]
+    pick_url_port = given.get("FUNCTION_URL_PORT") == "0"
+    if pick_url_port:
+        del given["FUNCTION_URL_PORT"]
     base = {key: value for key, value in (os.environ if environ is None else environ).items()}
     base.update(given)
     for attempt in range(_LISTEN_ATTEMPTS):
@@ -486,6 +500,8 @@ async def start_daemon(
             daemon_environ["PORT"] = str(free_port())
         if pick_metrics_port:
             daemon_environ["METRICS_PORT"] = str(free_port())
+        if pick_url_port:
+            daemon_environ["FUNCTION_URL_PORT"] = str(free_port())
         if "RUNTIME_API_PORT" not in given:
             # Validates every setting once with placeholder ports, and tells
             # how many Runtime API ports the block needs.
@@ -501,6 +517,7 @@ async def start_daemon(
                 isinstance(error, CannotListenError)
                 and "PORT" not in given
                 and "METRICS_PORT" not in given
+                and "FUNCTION_URL_PORT" not in given
             )
             if retry and attempt < _LISTEN_ATTEMPTS - 1:
                 continue

@@ -160,7 +160,7 @@ class QuietChannel(HTTPChannel):
         # A declared length over every limit is answered now, before any
         # 100 Continue and without waiting for a body that may never come.
         if limit is not None and self.length is not None and self.length > limit:
-            self.refuse(errors.request_too_large(limit))
+            self.refuse(self._too_large(limit))
             return
         super().allHeadersReceived()
 
@@ -179,7 +179,14 @@ class QuietChannel(HTTPChannel):
             limit = getattr(self.requestFactory, "max_body", None)
             if left and limit is not None and self.requests:
                 if getattr(self.requests[-1], "body_length", 0) + left > limit:
-                    self.refuse(errors.request_too_large(limit))
+                    self.refuse(self._too_large(limit))
+
+    def _too_large(self, limit: int) -> errors.APIError:
+        """The 413 of this channel's API (the Invoke API's, or a Function URL's)."""
+        site = getattr(self, "site", None)
+        too_large = getattr(site, "too_large", errors.request_too_large)
+        error: errors.APIError = too_large(limit)
+        return error
 
     # twisted.web's internals (Twisted 26.10): the only ones this module uses,
     # all read here and nowhere else, since no public hook tells these things.
@@ -297,8 +304,11 @@ class QuietSite(Site):
         resource: IResource,
         request_class: type[Request] = BoundedRequest,
         reactor: Any = None,
+        too_large: Callable[[int], errors.APIError] = errors.request_too_large,
     ):
         self.refused = getattr(resource, "refused", None)
+        #: The 413 its channels answer for a body over every limit.
+        self.too_large = too_large
         super().__init__(
             resource,
             requestFactory=request_class,
