@@ -33,6 +33,10 @@ setup(
             "mypy",
             "mypy-zope",
             "pyyaml",
+            # Lambda web apps, for the Function URL tests and example.
+            "fastapi",
+            "mangum",
+            "aws-lambda-powertools",
         ],
     },
     entry_points={

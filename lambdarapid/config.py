@@ -167,6 +167,10 @@ class ServerConfig:
     metrics_port: int | None = None
     #: AWS_LAMBDA_LOG_FORMAT for the server's own log lines.
     log_format: str = "Text"
+    #: Where every function is also a Function URL, at /<function>/...; None: not at all.
+    function_url_port: int | None = None
+    #: FUNCTION_URL_INVOKE_MODE: "BUFFERED" or "RESPONSE_STREAM", for every function.
+    function_url_invoke_mode: str = "BUFFERED"
 
 
 #: FUNCTION_URL_INVOKE_MODE values, as Lambda spells them (any case accepted).
@@ -189,6 +193,16 @@ def _invoke_mode(raw: str) -> str:
     return mode
 
 
+def _function_url_invoke_mode(environ: Mapping[str, str]) -> str:
+    return _get(
+        environ,
+        "FUNCTION_URL_INVOKE_MODE",
+        _invoke_mode,
+        "BUFFERED",
+        " or ".join(FUNCTION_URL_INVOKE_MODES),
+    )
+
+
 def _check_function_url_port(
     port: int | None, invoke_port: int, metrics_port: int | None, runtime_ports: range
 ) -> None:
@@ -199,7 +213,7 @@ def _check_function_url_port(
         raise ConfigError(f"FUNCTION_URL_PORT={port} is also PORT, the Invoke API's port")
     if port == metrics_port:
         raise ConfigError(f"FUNCTION_URL_PORT={port} is also METRICS_PORT")
-    if port in runtime_ports:
+    if runtime_ports and port in runtime_ports:
         raise ConfigError(
             f"FUNCTION_URL_PORT={port} is one of the Runtime API ports "
             f"({runtime_ports.start}-{runtime_ports.stop - 1})"
@@ -425,13 +439,7 @@ def rapid_config(command: Sequence[str], environ: Mapping[str, str]) -> RapidCon
         enable_openfaas=_get(environ, "ENABLE_OPENFAAS", _boolean, False, "true or false"),
         metrics_port=metrics_port,
         function_url_port=function_url_port,
-        function_url_invoke_mode=_get(
-            environ,
-            "FUNCTION_URL_INVOKE_MODE",
-            _invoke_mode,
-            "BUFFERED",
-            " or ".join(FUNCTION_URL_INVOKE_MODES),
-        ),
+        function_url_invoke_mode=_function_url_invoke_mode(environ),
         log_format=log_format,
         application_log_level=application_log_level,
         amqp_uri=_amqp_uri(environ, None),
@@ -451,10 +459,14 @@ def server_config(environ: Mapping[str, str]) -> ServerConfig:
     """Read the Lambda Server's settings; raise L{ConfigError} naming a bad one."""
     uri = _amqp_uri(environ, DEFAULT_SERVER_AMQP_URI)
     assert uri is not None
+    port = _get(environ, "PORT", _port, 8080, "a port number")
+    metrics_port = _get(environ, "METRICS_PORT", _port, None, "a port number")
+    function_url_port = _get(environ, "FUNCTION_URL_PORT", _port, None, "a port number")
+    _check_function_url_port(function_url_port, port, metrics_port, range(0))
     return ServerConfig(
         amqp_uri=uri,
         invoke_host=environ.get("INVOKE_API_HOST", "").strip() or "0.0.0.0",
-        port=_get(environ, "PORT", _port, 8080, "a port number"),
+        port=port,
         timeout=_get(
             environ,
             "AWS_LAMBDA_FUNCTION_TIMEOUT",
@@ -468,8 +480,10 @@ def server_config(environ: Mapping[str, str]) -> ServerConfig:
             or "us-east-1"
         ),
         log_level=_get(environ, "LOG_LEVEL", _level, LogLevel.info, _LEVEL_NAMES),
-        metrics_port=_get(environ, "METRICS_PORT", _port, None, "a port number"),
+        metrics_port=metrics_port,
         log_format=_get(environ, "AWS_LAMBDA_LOG_FORMAT", _log_format, "Text", "JSON or Text"),
+        function_url_port=function_url_port,
+        function_url_invoke_mode=_function_url_invoke_mode(environ),
     )
 
 

@@ -135,7 +135,8 @@ def unknown_operation(status: int) -> APIError:
 
 
 def _url_error(status: int, error_type: str, message: str) -> APIError:
-    return APIError(status, error_type, json.dumps({"Message": message}, separators=(",", ":")).encode())
+    document = json.dumps({"Message": message}, separators=(",", ":"))
+    return APIError(status, error_type, document.encode())
 
 
 def url_too_large(limit: int = MAX_SYNC_PAYLOAD) -> APIError:

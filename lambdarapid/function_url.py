@@ -329,7 +329,14 @@ def buffered_answer(payload: bytes) -> HTTPAnswer:
             answer = described_answer(value)
             answer.body = _body_bytes(value)
             return answer
-        body = value.encode("utf-8") if isinstance(value, str) else orjson.dumps(value)
+        if isinstance(value, str):
+            body = value.encode("utf-8")
+        else:
+            # Re-serialised compactly, as Lambda does; by the json module,
+            # which keeps integers past 64 bits exact where orjson does not.
+            body = json.dumps(
+                json.loads(payload), separators=(",", ":"), ensure_ascii=False
+            ).encode("utf-8")
     return HTTPAnswer(200, [(b"content-type", b"application/json")], body)
 
 

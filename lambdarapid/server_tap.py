@@ -16,6 +16,7 @@ from .amqp.connection import AMQPConnectionService
 from .amqp.invoker import AMQPInvoker
 from .amqp.parameters import parse_amqp_uri
 from .config import ConfigError, ServerConfig, endpoint_description, server_config
+from .function_url_api import FunctionURLResource
 from .invoke_api import InvokeAPI, InvokeAPIResource
 from .metrics import ServerMetrics
 from .output import stdout_writer
@@ -44,6 +45,11 @@ Environment variables (default in parentheses):
   AWS_LAMBDA_LOG_FORMAT         Text or JSON: the server's log lines (Text)
   METRICS_PORT                  serve GET /metrics (Prometheus), /healthz and
                                 /readyz on INVOKE_API_HOST:METRICS_PORT (unset: off)
+  FUNCTION_URL_PORT             also serve every function as a Function URL on
+                                INVOKE_API_HOST:FUNCTION_URL_PORT, at
+                                /<function>/<its path> (unset: off)
+  FUNCTION_URL_INVOKE_MODE      BUFFERED or RESPONSE_STREAM: the Function URLs'
+                                invoke mode (BUFFERED)
 
 Examples:
   AMQP_URI=amqp://guest:guest@localhost:5672/ lambda-server
@@ -74,6 +80,8 @@ class ServerService(MultiService):
     """The Lambda Server: its broker connection and its Invoke API listener."""
 
     listener: ListenerService | None = None
+    #: With FUNCTION_URL_PORT: the Function URLs' listener.
+    function_url_listener: ListenerService | None = None
     amqp: AMQPConnectionService | None = None
     #: With METRICS_PORT: the server's metrics and their listener.
     metrics: ServerMetrics | None = None
@@ -116,6 +124,23 @@ def make_server_service(config: ServerConfig, reactor: Any) -> ServerService:
         reactor, endpoint_description(config.invoke_host, config.port), site, "Invoke API"
     )
     service.listener.setServiceParent(service)
+    if config.function_url_port is not None:
+        urls = FunctionURLResource(
+            invoker,
+            reactor,
+            config.function_url_port,
+            region=config.region,
+            streaming=config.function_url_invoke_mode == "RESPONSE_STREAM",
+        )
+        service.function_url_listener = ListenerService(
+            reactor,
+            endpoint_description(config.invoke_host, config.function_url_port),
+            QuietSite(
+                urls, bounded_request(errors.MAX_SYNC_PAYLOAD), reactor, too_large=errors.url_too_large
+            ),
+            "Function URLs",
+        )
+        service.function_url_listener.setServiceParent(service)
     return service
 
 
