@@ -799,6 +799,8 @@ class StreamingTests(TestCase):
         self.assertEqual(answer.body, b"one\ntwo\nthree\n")
         self.assertEqual(answer.content_type, "text/plain; charset=utf-8")
         self.assertEqual(answer.header("x-streamed-by"), "url_stream.mjs")
+        self.assertRegex(answer.request_id or "", UUID)
+        self.assertEqual(answer.header("x-aws-request-id"), answer.request_id)  # the function's context
         self.assertEqual(
             answer.all("set-cookie"),
             ["streamed=yes; Path=/", "flavour=mint; Expires=Wed, 21 Oct 2037 07:28:00 GMT"],

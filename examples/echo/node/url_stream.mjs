@@ -8,11 +8,15 @@
 //   GET /silent     ends without writing: no prelude was ever sent, so 200 and an empty body
 const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
 
-export const handler = awslambda.streamifyResponse(async (event, responseStream) => {
+export const handler = awslambda.streamifyResponse(async (event, responseStream, context) => {
   const path = event.rawPath;
   const stream = awslambda.HttpResponseStream.from(responseStream, {
     statusCode: 201,
-    headers: { "content-type": "text/plain; charset=utf-8", "x-streamed-by": "url_stream.mjs" },
+    headers: {
+      "content-type": "text/plain; charset=utf-8",
+      "x-streamed-by": "url_stream.mjs",
+      "x-aws-request-id": context.awsRequestId,
+    },
     cookies: ["streamed=yes; Path=/", "flavour=mint; Expires=Wed, 21 Oct 2037 07:28:00 GMT"],
   });
   if (path === "/fail") throw new Error("failed before the first write");
