@@ -719,6 +719,23 @@ class EventTests(TestCase):
             self.assertEqual(event["headers"]["content-type"], content_type)
             self.assertEqual(event["headers"]["content-length"], str(len(text)))
 
+        def chunked_upload(base: str) -> Answer:
+            split = urlsplit(base)
+            connection = http.client.HTTPConnection(split.hostname or "", split.port, timeout=60)
+            try:
+                parts = iter([b"sent ", b"in ", b"chunks"])
+                connection.request(
+                    "POST", "/echo", parts, {"Content-Type": "text/plain"}, encode_chunked=True
+                )
+                response = connection.getresponse()
+                return Answer(response.status, response.getheaders(), response.read())
+            finally:
+                connection.close()
+
+        event = echoed(await in_thread(chunked_upload, url_of(daemon)))
+        self.assertEqual((event["body"], event["isBase64Encoded"]), ("sent in chunks", False))
+        self.assertNotIn("transfer-encoding", event["headers"])  # hop-by-hop
+
         data = bytes(range(256)) * 4
         for headers, body in (
             ([("Content-Type", "application/octet-stream")], data),
@@ -744,6 +761,28 @@ class EventTests(TestCase):
         self.assertEqual(fits.status, 200)
         self.assertEqual(
             fits.json(),
+            {"length": len(data), "sha256": hashlib.sha256(data).hexdigest(), "isBase64Encoded": True},
+        )
+
+    async def test_curl_upload(self) -> None:
+        """curl's 2 MB upload (it sends Expect: 100-continue, then the body) arrives byte for byte."""
+        curl = shutil.which("curl")
+        if curl is None:
+            raise SkipTest("curl is not installed")
+        daemon = await start_plain(self)
+        upload = os.path.abspath(self.mktemp())
+        data = os.urandom(2_000_000)
+        with open(upload, "wb") as f:
+            f.write(data)
+        out, err, code = await getProcessOutputAndValue(
+            curl,
+            ["-sS", "--max-time", "60", "-H", "Content-Type: application/octet-stream",
+             "--data-binary", f"@{upload}", url_of(daemon) + "/digest"],
+            env=dict(os.environ),
+        )  # fmt: skip
+        self.assertEqual(code, 0, err)
+        self.assertEqual(
+            json.loads(out),
             {"length": len(data), "sha256": hashlib.sha256(data).hexdigest(), "isBase64Encoded": True},
         )
 
@@ -835,6 +874,16 @@ class StreamingTests(TestCase):
         silent = await call(daemon, "GET", "/silent")
         self.assertEqual((silent.status, silent.body), (200, b""))
 
+        after = await call(daemon, "GET", "/")
+        self.assertEqual((after.status, after.body), (201, b"one\ntwo\nthree\n"))
+
+    async def test_ten_megabytes(self) -> None:
+        """10 MiB streamed: past the 6 MB buffered limit, whole and in order, and the next answer is fine."""
+        daemon = await start_node_stream(self)
+        size = 10 * 1024 * 1024
+        answer = await call(daemon, "GET", f"/big?size={size}")
+        self.assertEqual(answer.status, 201)
+        self.assertEqual((len(answer.body), answer.body.count(b"x")), (size, size))
         after = await call(daemon, "GET", "/")
         self.assertEqual((after.status, after.body), (201, b"one\ntwo\nthree\n"))
 

@@ -6,6 +6,7 @@
 //   GET /fail       throws before writing anything: the client gets 502
 //   GET /fail-late  throws after its first part: the status is sent already, so the answer is cut short
 //   GET /silent     ends without writing: no prelude was ever sent, so 200 and an empty body
+//   GET /big?size=N streams N bytes of "x", in 64 KiB writes, waiting whenever the stream is full
 const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
 
 export const handler = awslambda.streamifyResponse(async (event, responseStream, context) => {
@@ -21,6 +22,16 @@ export const handler = awslambda.streamifyResponse(async (event, responseStream,
   });
   if (path === "/fail") throw new Error("failed before the first write");
   if (path === "/silent") {
+    stream.end();
+    return;
+  }
+  if (path === "/big") {
+    const block = Buffer.alloc(64 * 1024, "x");
+    for (let left = Number(event.queryStringParameters.size); left > 0; left -= block.length) {
+      if (!stream.write(left >= block.length ? block : block.subarray(0, left))) {
+        await new Promise((resolve) => stream.once("drain", resolve));
+      }
+    }
     stream.end();
     return;
   }
