@@ -79,13 +79,12 @@ class FunctionURLResource(Resource):
         self._invocations = invocations
 
     def render(self, request: Request) -> Any:
+        request_id = str(uuid.uuid4())
+        request.responseHeaders.setRawHeaders(b"x-amzn-requestid", [request_id.encode()])
         try:
-            invocation = self._invocation(request)
+            invocation = self._invocation(request, request_id)
         except errors.APIError as error:
             return _error(request, error)
-        request.responseHeaders.setRawHeaders(
-            b"x-amzn-requestid", [invocation.request_id.encode()]
-        )
         answer = self._invoker.invoke(invocation)
         # Fires early only if the client hangs up; the invocation runs on, as on Lambda.
         finished = request.notifyFinish()
@@ -112,14 +111,13 @@ class FunctionURLResource(Resource):
             rest = b"?" + query
         return text, function_arn(self._region, text), b"/" + rest
 
-    def _invocation(self, request: Request) -> Invocation:
+    def _invocation(self, request: Request, request_id: str) -> Invocation:
         name, arn, target = self._target(request)
         body = read_body(request, errors.MAX_SYNC_PAYLOAD)
         if body is None:
             self._invocations.refused(_REQUEST, TOO_LARGE)
             raise errors.url_too_large()
         now: float = self._reactor.seconds()
-        request_id = str(uuid.uuid4())
         sent = request.getHeader(b"x-amzn-trace-id")
         trace_id = sent.decode("latin-1") if sent else new_trace_id(now)
         peer = request.getClientAddress()
@@ -216,6 +214,16 @@ class FunctionURLResource(Resource):
             return
         request.write(_error(request, error))
         request.finish()
+
+
+def too_large(limit: int) -> errors.APIError:
+    """
+    The 413 a Function URL's channel answers for a body declared over every
+    limit, before any resource sees it: with a request id, as every answer.
+    """
+    error = errors.url_too_large(limit)
+    error.headers["x-amzn-RequestId"] = str(uuid.uuid4())
+    return error
 
 
 def _error(request: Request, error: errors.APIError) -> bytes:

@@ -20,7 +20,7 @@ from .amqp.connection import AMQPConnectionService
 from .amqp.consumer import RPCConsumer
 from .amqp.parameters import parse_amqp_uri
 from .config import ConfigError, RapidConfig, endpoint_description, rapid_config
-from .function_url_api import FunctionURLResource
+from .function_url_api import FunctionURLResource, too_large as url_too_large
 from .invoke_api import InvokeAPI, InvokeAPIResource
 from .metrics import NO_INVOCATIONS, DaemonMetrics
 from .pool import Pool
@@ -293,7 +293,7 @@ def make_rapid_service(
                 url,
                 bounded_request(errors.MAX_SYNC_PAYLOAD),
                 reactor,
-                too_large=errors.url_too_large,
+                too_large=url_too_large,
             ),
             "Function URL",
         )

@@ -16,7 +16,7 @@ from .amqp.connection import AMQPConnectionService
 from .amqp.invoker import AMQPInvoker
 from .amqp.parameters import parse_amqp_uri
 from .config import ConfigError, ServerConfig, endpoint_description, server_config
-from .function_url_api import FunctionURLResource
+from .function_url_api import FunctionURLResource, too_large as url_too_large
 from .invoke_api import InvokeAPI, InvokeAPIResource
 from .metrics import ServerMetrics
 from .output import stdout_writer
@@ -136,7 +136,7 @@ def make_server_service(config: ServerConfig, reactor: Any) -> ServerService:
             reactor,
             endpoint_description(config.invoke_host, config.function_url_port),
             QuietSite(
-                urls, bounded_request(errors.MAX_SYNC_PAYLOAD), reactor, too_large=errors.url_too_large
+                urls, bounded_request(errors.MAX_SYNC_PAYLOAD), reactor, too_large=url_too_large
             ),
             "Function URLs",
         )

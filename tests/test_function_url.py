@@ -29,7 +29,7 @@ from lambdarapid.function_url import (
     request_event,
     request_time,
 )
-from lambdarapid.function_url_api import FunctionURLResource
+from lambdarapid.function_url_api import FunctionURLResource, too_large
 from lambdarapid.invocation import (
     Outcome,
     Result,
@@ -353,9 +353,7 @@ class ResourceTestCase(SynchronousTestCase):
         resource = FunctionURLResource(
             self.invoker, self.clock, 8081, self.function, streaming=self.streaming
         )
-        site = QuietSite(
-            resource, bounded_request(errors.MAX_SYNC_PAYLOAD), too_large=errors.url_too_large
-        )
+        site = QuietSite(resource, bounded_request(errors.MAX_SYNC_PAYLOAD), too_large=too_large)
         self.http = InMemoryHTTP(site)
 
     def answer_with(self, answer: Deferred[Any] | Result) -> None:
@@ -443,6 +441,7 @@ class BufferedResourceTests(ResourceTestCase):
             {"Message": "Request must be smaller than 6291456 bytes for the InvokeFunction operation"},
         )
         self.assertEqual(self.invoker.calls, [])
+        self.assertRegex(reply.header("x-amzn-requestid") or "", r"^[0-9a-f-]{36}$")
 
     def test_streamed_response_behind_buffered_url(self) -> None:
         """A streaming handler behind a BUFFERED URL: 200 and no body, as on Lambda."""

@@ -49,7 +49,7 @@ def fetch(port: int, path: str, method: str = "GET", body: bytes | None = None) 
 class ServerFunctionURLTests(TestCase):
     """lambda-server with FUNCTION_URL_PORT."""
 
-    async def server_port(self, **settings: object) -> int:
+    async def server_port(self, **settings: str) -> int:
         port = free_port()
         server = lambda_server(self, reactor, FUNCTION_URL_PORT=port, **settings)
         await server.wait_connected()
