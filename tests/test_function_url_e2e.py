@@ -2,7 +2,7 @@
 Function URLs end to end (C{FUNCTION_URL_PORT}): real runtimes behind the
 daemon's Function URL port, called by real HTTP clients (http.client,
 urllib with a cookie jar, a raw socket, headless Chromium), checked against
-what AWS does (docs/FUNCTION-URLS.md): the payload format 2.0 event the
+what AWS does (docs/function-urls.md): the payload format 2.0 event the
 function gets, and the HTTP answer made of its result.
 
 The functions: the FastAPI example (examples/fastapi, through Mangum), an
