@@ -11,11 +11,13 @@ import os
 import shutil
 import sys
 from dataclasses import dataclass, field
-from typing import Callable, Mapping, Sequence, TypeVar
+from typing import TYPE_CHECKING, Callable, Mapping, Sequence, TypeVar
 from urllib.parse import quote, urlsplit, urlunsplit
 
-import pika
 from twisted.logger import LogLevel
+
+if TYPE_CHECKING:
+    import pika
 
 T = TypeVar("T")
 
@@ -284,6 +286,7 @@ def _with_credentials(uri: str, environ: Mapping[str, str]) -> str:
 
 def parse_amqp_uri(uri: str) -> pika.URLParameters:
     """pika connection parameters for C{uri}; L{ConfigError} if it is malformed."""
+    import pika  # only when a broker is configured
     scheme = urlsplit(uri).scheme
     if scheme not in ("amqp", "amqps"):
         raise ConfigError("AMQP_URI is not valid: it must start with amqp:// or amqps://")

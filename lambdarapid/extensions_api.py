@@ -18,20 +18,18 @@ from klein import Klein
 from twisted.web.iweb import IRequest
 
 from . import errors
+from .runtime_api import (
+    EXTENSION_EXIT_ERROR,
+    EXTENSION_INIT_ERROR,
+    LOGS,
+    REGISTER,
+    RUNTIME_INIT_ERROR,
+    TELEMETRY,
+)
 
 if TYPE_CHECKING:
     from .environment import ExecutionEnvironment
 
-REGISTER = b"/2020-01-01/extension/register"
-EXTENSION_INIT_ERROR = b"/2020-01-01/extension/init/error"
-EXTENSION_EXIT_ERROR = b"/2020-01-01/extension/exit/error"
-TELEMETRY = b"/2022-07-01/telemetry"
-LOGS = b"/2020-08-15/logs"
-RUNTIME_INIT_ERROR = b"/2018-06-01/runtime/init/error"
-#: The paths the fast protocol hands to this app.
-COLD_PATHS = frozenset(
-    {REGISTER, EXTENSION_INIT_ERROR, EXTENSION_EXIT_ERROR, TELEMETRY, LOGS, RUNTIME_INIT_ERROR}
-)
 
 _IDENTIFIER = b"Lambda-Extension-Identifier"
 _FUNCTION_ERROR_TYPE = b"Lambda-Extension-Function-Error-Type"

@@ -42,7 +42,7 @@ from .invocation import (
     new_trace_id,
 )
 from .logs import observer
-from .metrics import NO_INVOCATIONS, THROTTLED, TOO_LARGE, UNAVAILABLE, InvocationObserver
+from .observers import NO_INVOCATIONS, THROTTLED, TOO_LARGE, UNAVAILABLE, InvocationObserver
 from .streams import ResponseStream
 from .web import read_body
 

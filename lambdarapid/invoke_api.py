@@ -13,12 +13,9 @@ import re
 from urllib.parse import parse_qs, unquote
 from typing import Any, Callable
 
-from klein import Klein
-from werkzeug.exceptions import MethodNotAllowed, NotFound
 from twisted.internet.defer import CancelledError, Deferred
 from twisted.logger import Logger
 from twisted.python.failure import Failure
-from twisted.web.iweb import IRequest
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request
 
@@ -38,7 +35,7 @@ from .invocation import (
     payload_limit,
 )
 from .logs import observer
-from .metrics import (
+from .observers import (
     NO_INVOCATIONS,
     STATUS_OUTCOMES,
     SUCCESS,
@@ -98,10 +95,6 @@ def as_api_error(error: BaseException) -> errors.APIError | None:
         return errors.too_many_requests()
     if isinstance(error, ServiceUnavailable):
         return errors.service_unavailable(str(error))
-    if isinstance(error, NotFound):
-        return errors.unknown_operation(404)
-    if isinstance(error, MethodNotAllowed):
-        return errors.invoke_method_not_allowed(sorted(error.valid_methods or ()))
     return None
 
 
@@ -150,11 +143,11 @@ class InvokeAPI:
 
     With a C{function} (the daemon) only that function, under its own name or
     the RIE's C{function}, is served; without one (the server) every name is
-    passed on and the invoker decides whether it exists. The invoke route is
-    matched by L{InvokeAPIResource}; C{app} holds every other route.
+    passed on and the invoker decides whether it exists. The invoke routes
+    are matched by L{InvokeAPIResource}; L{InvokeRoutes}' Klein app holds
+    every other route, and is made (Klein imported) at the first such request.
     """
 
-    app = Klein()
     log = Logger(observer=observer)
 
     def __init__(
@@ -328,10 +321,9 @@ class InvokeAPI:
         if kind is not None:
             self._invocations.refused(kind, TOO_LARGE)
 
-    # OpenFaaS watchdog emulation (ENABLE_OPENFAAS=true)
+    # OpenFaaS watchdog emulation (ENABLE_OPENFAAS=true): the routes are
+    # InvokeRoutes'; what they do is here.
 
-    @app.route("/_/health", methods=["GET"])
-    @app.route("/_/ready", methods=["GET"])
     def health(self, request: Request) -> bytes:
         """200 while the daemon can serve; 503 while it cannot (draining, broker down)."""
         self._require_openfaas()
@@ -341,7 +333,6 @@ class InvokeAPI:
         _close_after(request)
         return b"Service Unavailable"
 
-    @app.route("/")
     def openfaas_invoke(self, request: Request) -> Deferred[bytes]:
         """The watchdog's function route: the body is the event (any bytes, as the watchdog passes them), the result the body."""
         self._require_openfaas()
@@ -396,11 +387,6 @@ class InvokeAPI:
             headers.setRawHeaders(b"x-amz-log-result", [base64.b64encode(result.log_tail)])
         headers.setRawHeaders(b"content-length", [b"%d" % len(result.body)])
         return result.body
-
-    @app.handle_errors(Exception)
-    def _app_error(self, request: IRequest, failure: Failure) -> bytes | None:
-        """Klein's routing and route errors, answered by the one error path."""
-        return self.error_answer(request, failure)
 
     def error_answer_for(self, failure: Failure, request: Any) -> bytes | None:
         """L{error_answer}, its arguments in errback order."""
@@ -534,7 +520,8 @@ class InvokeAPIResource(Resource):
     """
     The Invoke API as served: the invoke route, on every invocation's path, is
     matched here, since Klein's routing costs ~60 us a request; every other
-    request goes to C{InvokeAPI.app}. Errors of both reach L{InvokeAPI.error_answer}.
+    request goes to L{InvokeRoutes}' Klein app. Errors of both reach
+    L{InvokeAPI.error_answer}.
     """
 
     isLeaf = True
@@ -542,7 +529,15 @@ class InvokeAPIResource(Resource):
     def __init__(self, api: InvokeAPI) -> None:
         super().__init__()
         self._api = api
-        self._app = api.app.resource()
+        self._app: Resource | None = None
+
+    def _routes(self) -> Resource:
+        """The Klein app of every other route, made at the first request for one."""
+        if self._app is None:
+            from .invoke_routes import InvokeRoutes
+
+            self._app = InvokeRoutes(self._api).app.resource()
+        return self._app
 
     def refused(self, target: bytes, headers: Any) -> None:
         """What L{QuietSite} calls when its channel answers 413 before any route."""
@@ -555,7 +550,7 @@ class InvokeAPIResource(Resource):
         if name is None and path.startswith(_STREAM_FUNCTIONS):
             name, streaming = _stream_route_name(path), True
         if name is None:
-            return self._app.render(request)
+            return self._routes().render(request)
         try:
             if request.method not in _INVOKE_METHODS:
                 raise errors.invoke_method_not_allowed(["POST"])

@@ -2,9 +2,8 @@
 Prometheus metrics: the families of the daemon and of the Lambda Server.
 
 The pool, the Invoke API and the AMQP consumer report to an observer they
-are given; the base classes here (L{InvocationObserver}, L{RequestObserver})
-count nothing, so a daemon without C{METRICS_PORT} pays one empty method call
-per invocation. L{DaemonMetrics} and L{ServerMetrics} count into a registry of
+are given (L{lambdarapid.observers}, whose base classes count nothing).
+L{DaemonMetrics} and L{ServerMetrics} count into a registry of
 their own (never the global one: trial builds many services in one process),
 with the process collector beside them. Gauges (the queue, environments by
 state, the broker connection) are read at scrape time from callables, so the
@@ -21,78 +20,50 @@ from prometheus_client import CollectorRegistry, Counter, Histogram, ProcessColl
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from .invocation import Invocation, InvocationType, Outcome, Result
-
-#: Both daemon histograms' buckets, and the server's: up to Lambda's 900 s cap.
-BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 900)
-
-SUCCESS = "success"
-FUNCTION_ERROR = "function_error"
-TIMEOUT = "timeout"
-RUNTIME_EXIT = "runtime_exit"
-INIT_ERROR = "init_error"
-THROTTLED = "throttled"
-TOO_LARGE = "too_large"
-UNAVAILABLE = "unavailable"
-NOT_FOUND = "not_found"
-
-#: The daemon's outcomes, every one exported from the start (0 included).
-OUTCOMES = (
-    SUCCESS,
+from .invocation import Invocation, InvocationType, Result
+from .observers import (
+    BUCKETS,
     FUNCTION_ERROR,
-    TIMEOUT,
-    RUNTIME_EXIT,
     INIT_ERROR,
+    NO_INVOCATIONS,
+    NOT_FOUND,
+    OUTCOMES,
+    RUN_OUTCOMES,
+    RUNTIME_EXIT,
+    STATES,
+    STATUS_OUTCOMES,
+    SUCCESS,
     THROTTLED,
+    TIMEOUT,
     TOO_LARGE,
     UNAVAILABLE,
+    InvocationObserver,
+    RequestObserver,
+    result_outcome,
 )
-#: How a run ended, as an outcome label.
-RUN_OUTCOMES = {
-    Outcome.SUCCESS: SUCCESS,
-    Outcome.FUNCTION_ERROR: FUNCTION_ERROR,
-    Outcome.TIMEOUT: TIMEOUT,
-    Outcome.RUNTIME_EXIT: RUNTIME_EXIT,
-    Outcome.INIT_ERROR: INIT_ERROR,
-}
-#: Environment states exported by lambdarapid_environments (a dead one is gone).
-STATES = ("starting", "idle", "busy", "stopping")
-#: The server's answer for an Invoke API error status, as an outcome label.
-STATUS_OUTCOMES = {404: NOT_FOUND, 413: TOO_LARGE, 429: THROTTLED, 503: UNAVAILABLE}
 
-
-class InvocationObserver:
-    """
-    What the daemon reports about invocations: the pool each run's end, the
-    transports what they refuse (they answer it). This base counts nothing:
-    it is the default.
-    """
-
-    def ran(self, invocation: Invocation, result: Result, delivered: bool) -> None:
-        """An invocation got its L{Result}; C{delivered} if a runtime took it (it has a Duration)."""
-
-    def refused(self, invocation_type: InvocationType, outcome: str) -> None:
-        """An invocation was refused before it could run (C{throttled}, C{too_large}, C{unavailable})."""
-
-    def dry_run(self) -> None:
-        """A DryRun was answered 204."""
-
-    def initialised(self, seconds: float) -> None:
-        """An environment's runtime finished its init (its first C{GET next}) in C{seconds}."""
-
-
-class RequestObserver:
-    """What the Lambda Server's Invoke API reports; this base counts nothing."""
-
-    def answered(self, function: str, outcome: str | None, seconds: float) -> None:
-        """
-        An Invoke API request was answered after C{seconds}: C{outcome} is its
-        label (None for answers no outcome names, such as a 400), C{function}
-        the routed name (C{""} when it was not found).
-        """
-
-
-NO_INVOCATIONS = InvocationObserver()
+__all__ = [
+    "BUCKETS",
+    "FUNCTION_ERROR",
+    "INIT_ERROR",
+    "NO_INVOCATIONS",
+    "NOT_FOUND",
+    "OUTCOMES",
+    "RUN_OUTCOMES",
+    "RUNTIME_EXIT",
+    "STATES",
+    "STATUS_OUTCOMES",
+    "SUCCESS",
+    "THROTTLED",
+    "TIMEOUT",
+    "TOO_LARGE",
+    "UNAVAILABLE",
+    "DaemonMetrics",
+    "InvocationObserver",
+    "RequestObserver",
+    "ServerMetrics",
+    "result_outcome",
+]
 
 
 class _Gauges(Collector):
@@ -230,10 +201,3 @@ class ServerMetrics(RequestObserver):
         self._durations.observe(seconds)
         if outcome is not None:
             self._invocations.labels("" if outcome == NOT_FOUND else function, outcome).inc()
-
-
-def result_outcome(result: Result) -> str:
-    """The server's outcome label for a result: a fail-safe timeout, or success / function error."""
-    if result.outcome is Outcome.TIMEOUT:
-        return TIMEOUT
-    return FUNCTION_ERROR if result.outcome.is_error else SUCCESS

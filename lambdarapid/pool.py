@@ -43,7 +43,7 @@ from .invocation import (
     Withdrawn,
 )
 from .logs import observer
-from .metrics import NO_INVOCATIONS, UNAVAILABLE, InvocationObserver
+from .observers import NO_INVOCATIONS, UNAVAILABLE, InvocationObserver
 from .streams import ResponseStream
 
 __all__ = ["INIT_TIMEOUT", "KILL_GRACE", "Pool"]

@@ -9,25 +9,28 @@ from __future__ import annotations
 
 import os
 import sys
-from typing import Any, Callable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence
 
 from twisted.application.service import MultiService
 from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 
 from . import errors, logs
-from .amqp.connection import AMQPConnectionService
-from .amqp.consumer import RPCConsumer
-from .amqp.parameters import parse_amqp_uri
 from .config import ConfigError, RapidConfig, endpoint_description, rapid_config
-from .function_url_api import FunctionURLResource, too_large as url_too_large
 from .invoke_api import InvokeAPI, InvokeAPIResource
-from .metrics import NO_INVOCATIONS, DaemonMetrics
+from .observers import NO_INVOCATIONS
 from .pool import Pool
 from .output import stdout_writer
 from .program import ProgramOptions, ProgramService, hide_environment
-from .reaper import orphan_reaper
 from .web import ListenerService, QuietSite, bounded_request, metrics_listener
+
+if TYPE_CHECKING:
+    # What only some settings need is imported when they are set: a daemon
+    # without them starts without pika, prometheus_client or the Function
+    # URL's modules (docs/architecture.md, "Cold start").
+    from .amqp.connection import AMQPConnectionService
+    from .amqp.consumer import RPCConsumer
+    from .metrics import DaemonMetrics
 
 SYNOPSIS = "[OPTIONS] [RUNTIME_COMMAND [ARG ...]]"
 
@@ -244,7 +247,11 @@ def make_rapid_service(
     The daemon's services for C{config}, on C{reactor}, writing runtime output
     and reports to C{output}. Changes nothing process-wide: see L{makeService}.
     """
-    metrics = DaemonMetrics(config.function.name) if config.metrics_port is not None else None
+    metrics: DaemonMetrics | None = None
+    if config.metrics_port is not None:
+        from .metrics import DaemonMetrics
+
+        metrics = DaemonMetrics(config.function.name)
     observer = metrics if metrics is not None else NO_INVOCATIONS
     pool = Pool(config, reactor, output, metrics=observer)
     service = RapidService(config, pool)
@@ -278,6 +285,8 @@ def make_rapid_service(
     )
     service.listener.setServiceParent(service)
     if config.function_url_port is not None:
+        from .function_url_api import FunctionURLResource, too_large as url_too_large
+
         url = FunctionURLResource(
             pool,
             reactor,
@@ -299,6 +308,10 @@ def make_rapid_service(
         )
         service.function_url_listener.setServiceParent(service)
     if config.amqp_uri is not None:
+        from .amqp.connection import AMQPConnectionService
+        from .amqp.consumer import RPCConsumer
+        from .amqp.parameters import parse_amqp_uri
+
         service.amqp = AMQPConnectionService(parse_amqp_uri(config.amqp_uri), reactor)
         service.consumer = RPCConsumer(
             pool, config.function, config.amqp_prefetch, reactor, metrics=observer
@@ -329,5 +342,7 @@ def makeService(options: Options, reactor: Any = None) -> ProgramService:
     if config.amqp_uri is not None:
         hide_environment()
     if os.getpid() == 1:
+        from .reaper import orphan_reaper
+
         orphan_reaper().setServiceParent(daemon)
     return ProgramService("lambda-rapid", daemon, output, daemon.hurry, reactor)

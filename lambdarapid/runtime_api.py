@@ -30,16 +30,17 @@ from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import ITCPTransport, ITransport
 from twisted.internet.protocol import Factory, Protocol
 from twisted.python.failure import Failure
-from twisted.web.server import Site
 
 from . import errors
-from .extensions_api import COLD_PATHS, ColdRoutes
+from .directwrite import DirectWriter
 from .invocation import Invocation, Outcome
 from .streams import MAX_STREAMED_RESPONSE, ResponseStream
-from .web_bridge import Rendered, render
 
 if TYPE_CHECKING:
+    from twisted.web.server import Site
+
     from .environment import ExecutionEnvironment
+    from .web_bridge import Rendered
 
 _PREFIX = b"/2018-06-01/runtime/"
 _NEXT = b"/2018-06-01/runtime/invocation/next"
@@ -48,6 +49,19 @@ _EXTENSION_IDENTIFIER = b"lambda-extension-identifier"
 _INVOCATION = b"/2018-06-01/runtime/invocation/"
 _RESPONSE = b"/response"
 _ERROR = b"/error"
+
+#: The cold routes: the extensions', the Telemetry and Logs APIs', the runtime's
+#: init error. They are the ColdRoutes Klein app's (extensions_api), made (and
+#: Klein and twisted.web imported) at the first request for one.
+REGISTER = b"/2020-01-01/extension/register"
+EXTENSION_INIT_ERROR = b"/2020-01-01/extension/init/error"
+EXTENSION_EXIT_ERROR = b"/2020-01-01/extension/exit/error"
+TELEMETRY = b"/2022-07-01/telemetry"
+LOGS = b"/2020-08-15/logs"
+RUNTIME_INIT_ERROR = b"/2018-06-01/runtime/init/error"
+COLD_PATHS = frozenset(
+    {REGISTER, EXTENSION_INIT_ERROR, EXTENSION_EXIT_ERROR, TELEMETRY, LOGS, RUNTIME_INIT_ERROR}
+)
 
 _ERROR_TYPE = b"lambda-runtime-function-error-type"
 _ERROR_BODY = b"lambda-runtime-function-error-body"
@@ -171,7 +185,16 @@ class RuntimeAPI:
 
     def __init__(self, environment: ExecutionEnvironment) -> None:
         self._environment = environment
-        self._cold = Site(ColdRoutes(environment).app.resource())
+        self._cold: Site | None = None
+
+    def _cold_site(self) -> Site:
+        if self._cold is None:
+            from twisted.web.server import Site
+
+            from .extensions_api import ColdRoutes
+
+            self._cold = Site(ColdRoutes(self._environment).app.resource())
+        return self._cold
 
     def handle(
         self, request: _Request, transport: ITransport | None = None
@@ -318,8 +341,10 @@ class RuntimeAPI:
         if request.body is None:
             raise errors.entity_too_large()
         assert transport is not None
+        from .web_bridge import render
+
         return render(
-            self._cold,
+            self._cold_site(),
             request.method,
             request.path,
             request.headers,
@@ -365,6 +390,7 @@ class RuntimeAPIProtocol(Protocol):
         self._stream: ResponseStream | None = None
         self._stream_oversized = False
         self._stream_refused: errors.APIError | None = None
+        self._writer: DirectWriter
 
     # httptools callbacks
 
@@ -411,7 +437,7 @@ class RuntimeAPIProtocol(Protocol):
         # curl asks before sending a body over 1 MB; without an answer it waits a second.
         if self._headers.get(b"expect", b"").lower() == b"100-continue":
             assert self.transport is not None
-            self.transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+            self._writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
 
     def on_body(self, body: bytes) -> None:
         self._length += len(body)
@@ -456,6 +482,7 @@ class RuntimeAPIProtocol(Protocol):
         # Answers are written whole: never hold one back waiting for an ACK.
         if ITCPTransport.providedBy(self.transport):
             self.transport.setTcpNoDelay(True)
+        self._writer = DirectWriter(self.transport)
 
     def dataReceived(self, data: bytes) -> None:
         if self._closing:
@@ -561,7 +588,7 @@ class RuntimeAPIProtocol(Protocol):
         lines.append(b"\r\n")
         lines.append(response.body)
         assert self.transport is not None
-        self.transport.writeSequence(lines)
+        self._writer.write_sequence(lines)
         if close:
             self._closing = True
             self.transport.loseConnection()

@@ -49,7 +49,7 @@ from ..invocation import (
     new_trace_id,
 )
 from ..logs import observer
-from ..metrics import NO_INVOCATIONS, TOO_LARGE, InvocationObserver
+from ..observers import NO_INVOCATIONS, TOO_LARGE, InvocationObserver
 from ..streams import ResponseStream
 from .connection import reconnect_if_closed
 from .messages import (

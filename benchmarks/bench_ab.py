@@ -1,0 +1,124 @@
+#!/usr/bin/env python3
+"""
+A against B: two lambda-rapid builds (say, main and a change), the same echo
+function, measured in one run, in turns, so that the machine's noise falls
+on both alike.
+
+Each point (MAX_CONCURRENCY:connections) starts one daemon of each build,
+warms both, then runs wrk on A, B, A, B ... --rounds times each; the figures
+are the medians of req/s and of the daemon process's CPU per invocation
+(/proc, the runtimes apart), and B/A ratios. Cold start (process start ->
+first 200) and RSS after --rss-invocations are measured the same way, in turns.
+
+    python benchmarks/bench_ab.py --a /tmp/main/.venv/bin/lambda-rapid \\
+        --b .venv/bin/lambda-rapid --points 1:1,4:8 --rounds 5
+
+Both builds run the runtime with this interpreter's awslambdaric.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import bench_daemon as bd  # noqa: E402
+from bench_daemon import Server, log  # noqa: E402
+
+
+def make(build: str, label: str, max_concurrency: int, logdir: Path) -> Server:
+    daemon = bd.make_daemon(max_concurrency, logdir, label=f"-{label}")
+    daemon.argv = [build] + daemon.argv[len(bd.daemon_command()):]
+    return daemon
+
+
+def throughput(server: Server, loadgen: Any, body: Path, connections: int, duration: int) -> dict[str, float]:
+    server.settle()
+    before = server.snapshot()
+    result = loadgen.run(server.port, server.path, body, connections, duration)
+    own, _, runtimes = bd.cpu_delta(before, server.snapshot())
+    if result.error_count:
+        raise RuntimeError(f"{server.name}: {result.errors}")
+    return {"rps": result.rps, "daemon_us": own / result.requests * 1e6,
+            "runtime_us": runtimes / result.requests * 1e6, "p50_ms": result.p50_ms, "p99_ms": result.p99_ms}
+
+
+def main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--a", required=True, help="build A's lambda-rapid executable (the baseline)")
+    parser.add_argument("--b", required=True, help="build B's lambda-rapid executable")
+    parser.add_argument("--points", default="1:1,4:8", help="MAX_CONCURRENCY:connections,... (%(default)s)")
+    parser.add_argument("--rounds", type=int, default=5, help="turns per build and point (%(default)s)")
+    parser.add_argument("--duration", type=int, default=3, help="seconds per wrk run (%(default)s)")
+    parser.add_argument("--cold-runs", type=int, default=5, help="cold starts per build (%(default)s; 0: none)")
+    parser.add_argument("--rss-invocations", type=int, default=2000,
+                        help="invocations before RSS is read (%(default)s; 0: no RSS)")
+    args = parser.parse_args(argv)
+    tmp = Path(tempfile.mkdtemp(prefix="bench-ab-"))
+    logdir = tmp / "logs"
+    logdir.mkdir()
+    body = tmp / "small.json"
+    body.write_bytes(bd.make_payload("small"))
+    loadgen = bd.pick_loadgen("auto", tmp)
+    builds = {"A": os.path.abspath(args.a), "B": os.path.abspath(args.b)}
+    results: dict[str, Any] = {"builds": builds, "points": {}}
+    for point in args.points.split(","):
+        max_concurrency, connections = (int(part) for part in point.split(":"))
+        servers = {label: make(build, label, max_concurrency, logdir) for label, build in builds.items()}
+        runs: dict[str, list[dict[str, float]]] = {"A": [], "B": []}
+        try:
+            for server in servers.values():
+                server.start()
+                loadgen.run(server.port, server.path, body, connections, 1)  # warm every runtime
+            for _ in range(args.rounds):
+                for label, server in servers.items():
+                    runs[label].append(throughput(server, loadgen, body, connections, args.duration))
+            rss = {}
+            if args.rss_invocations:
+                for label, server in servers.items():
+                    loadgen.run(server.port, server.path, body, connections, 60, max_requests=args.rss_invocations)
+                    rss[label] = bd.rss_mb(server.pid)
+        finally:
+            for server in servers.values():
+                server.stop()
+        row: dict[str, Any] = {}
+        for label in builds:
+            row[label] = {key: statistics.median(run[key] for run in runs[label]) for key in runs[label][0]}
+            if rss:
+                row[label]["rss_mb"] = rss[label]
+        row["B/A"] = {key: row["B"][key] / row["A"][key] for key in row["A"] if row["A"][key]}
+        results["points"][point] = row
+        log(f"MC={max_concurrency} x{connections}: A {row['A']['rps']:.0f} req/s {row['A']['daemon_us']:.0f} us/inv | "
+            f"B {row['B']['rps']:.0f} req/s {row['B']['daemon_us']:.0f} us/inv | "
+            f"B/A req/s {row['B/A']['rps']:.2f}x, daemon CPU {row['B/A']['daemon_us']:.2f}x"
+            + (f", RSS A {rss['A']:.1f} MB B {rss['B']:.1f} MB" if rss else ""))
+    if args.cold_runs:
+        cold: dict[str, list[float]] = {"A": [], "B": []}
+        for _ in range(args.cold_runs):
+            for label, build in builds.items():
+                server = make(build, label, 1, logdir)
+                try:
+                    cold[label].append(server.start()["first_answer_ms"])
+                finally:
+                    server.stop()
+        results["cold_start_ms"] = {label: statistics.median(values) for label, values in cold.items()}
+        results["cold_start_runs"] = cold
+        a, b = results["cold_start_ms"]["A"], results["cold_start_ms"]["B"]
+        log(f"cold start (process start -> first answer, median of {args.cold_runs}): A {a:.0f} ms, B {b:.0f} ms, B/A {b / a:.2f}x")
+    out = bd.RESULTS_DIR / f"ab-{time.strftime('%Y%m%d-%H%M%S')}.json"
+    bd.RESULTS_DIR.mkdir(exist_ok=True)
+    out.write_text(json.dumps(results, indent=2))
+    log(f"written to {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
