@@ -52,6 +52,7 @@ DAEMON_VARIABLES = frozenset(
         "RUNTIME_API_PORT",
         "MAX_CONCURRENCY",
         "MAX_QUEUED_INVOCATIONS",
+        "PROVISIONED_CONCURRENCY",
         "AMQP_URI",
         "AMQP_USERNAME",
         "AMQP_PASSWORD",
@@ -131,6 +132,8 @@ class RapidConfig:
     runtime_port: int = 9001
     max_concurrency: int = 1
     max_queued: int = 1000
+    #: Environments initialised from the start and never reaped below (0: on demand only).
+    provisioned_concurrency: int = 0
     idle_timeout: float = 1800.0
     shutdown_timeout: float = 10.0
     log_level: LogLevel = LogLevel.info
@@ -248,6 +251,13 @@ def _get(
 def _positive_int(raw: str) -> int:
     value = int(raw)
     if value < 1:
+        raise ValueError(raw)
+    return value
+
+
+def _whole_number(raw: str) -> int:
+    value = int(raw)
+    if value < 0:
         raise ValueError(raw)
     return value
 
@@ -385,6 +395,13 @@ def rapid_config(command: Sequence[str], environ: Mapping[str, str]) -> RapidCon
     max_concurrency = _get(
         environ, "MAX_CONCURRENCY", _positive_int, 1, "a whole number >= 1"
     )
+    provisioned = _get(
+        environ, "PROVISIONED_CONCURRENCY", _whole_number, 0, "a whole number >= 0"
+    )
+    if provisioned > max_concurrency:
+        raise ConfigError(
+            f"PROVISIONED_CONCURRENCY={provisioned} is more than MAX_CONCURRENCY={max_concurrency}"
+        )
     runtime_port = _get(environ, "RUNTIME_API_PORT", _port, 9001, "a port number")
     if runtime_port + max_concurrency - 1 > 65535:
         raise ConfigError(
@@ -424,6 +441,7 @@ def rapid_config(command: Sequence[str], environ: Mapping[str, str]) -> RapidCon
         runtime_host=environ.get("RUNTIME_API_HOST", "").strip() or "127.0.0.1",
         runtime_port=runtime_port,
         max_concurrency=max_concurrency,
+        provisioned_concurrency=provisioned,
         max_queued=_get(
             environ, "MAX_QUEUED_INVOCATIONS", _positive_int, 1000, "a whole number >= 1"
         ),

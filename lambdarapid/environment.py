@@ -115,6 +115,9 @@ class ExecutionEnvironment:
     ) -> None:
         self.index = index
         self.state = State.STARTING
+        #: on-demand, or provisioned-concurrency for one started ahead of any
+        #: invocation (PROVISIONED_CONCURRENCY): set before L{start}.
+        self.initialization_type = reports.ON_DEMAND
         self.current: Invocation | None = None
         self.answered = False
         self.delivered_at = 0.0
@@ -219,7 +222,8 @@ class ExecutionEnvironment:
         self._started_at = self._now()
         self._environ = self._runtime_environ()
         self.telemetry.platform(
-            "platform.initStart", reports.init_start_record(self._config.function)
+            "platform.initStart",
+            reports.init_start_record(self._config.function, self.initialization_type),
         )
         if self._launch_extensions():
             self._spawn_runtime_when_registered()
@@ -264,7 +268,7 @@ class ExecutionEnvironment:
                 "AWS_LAMBDA_FUNCTION_MEMORY_SIZE": str(function.memory_size),
                 "AWS_LAMBDA_LOG_GROUP_NAME": f"/aws/lambda/{function.name}",
                 "AWS_LAMBDA_LOG_STREAM_NAME": f"{today}/[{function.version}]{uuid.uuid4().hex}",
-                "AWS_LAMBDA_INITIALIZATION_TYPE": "on-demand",
+                "AWS_LAMBDA_INITIALIZATION_TYPE": self.initialization_type,
                 "AWS_REGION": function.region,
                 "AWS_DEFAULT_REGION": function.region,
             }
@@ -326,12 +330,18 @@ class ExecutionEnvironment:
             self._started_at if self.sandbox.external else self._spawned_at
         )
         if self.telemetry.subscribed:
-            self.telemetry.platform("platform.initRuntimeDone", reports.init_done_record("success"))
+            self.telemetry.platform(
+                "platform.initRuntimeDone",
+                reports.init_done_record("success", initialization_type=self.initialization_type),
+            )
         for extension in self.extensions:
             self._report_extension(extension)
         if self.telemetry.subscribed:
             self.telemetry.platform(
-                "platform.initReport", reports.init_report_record(self.init_duration, "success")
+                "platform.initReport",
+                reports.init_report_record(
+                    self.init_duration, "success", self.initialization_type
+                ),
             )
         self.telemetry.close_subscriptions()
         self._become_idle()
@@ -797,7 +807,9 @@ class ExecutionEnvironment:
             if failure.during_init:
                 self.telemetry.platform(
                     "platform.initRuntimeDone",
-                    reports.init_done_record("error", failure.error_type),
+                    reports.init_done_record(
+                        "error", failure.error_type, self.initialization_type
+                    ),
                 )
             elif self._phase is not None and not self._runtime_done:
                 self._emit_runtime_done("failure")
@@ -805,7 +817,9 @@ class ExecutionEnvironment:
         if self._config.print_reports and failure.during_init and self._has_extensions:
             self._print(
                 self._platform.init_report_error(
-                    self._now() - self._started_at, failure.error_type or "Unknown"
+                    self._now() - self._started_at,
+                    failure.error_type or "Unknown",
+                    self.initialization_type,
                 )
             )
             for extension in self.extensions:

@@ -48,6 +48,10 @@ from .streams import ResponseStream
 
 __all__ = ["INIT_TIMEOUT", "KILL_GRACE", "Pool"]
 
+#: Seconds before a provisioned environment whose Init failed is tried again
+#: (an init that always fails must not respawn in a tight loop).
+PROVISION_RETRY = 5.0
+
 EnvironmentFactory = Callable[
     [int, RapidConfig, EnvironmentOwner, object, Callable[[bytes], None]], ExecutionEnvironment
 ]
@@ -99,6 +103,8 @@ class Pool:
         self._stopping = False
         self._drained: Deferred[None] | None = None
         self._grace_timer: IDelayedCall | None = None
+        #: Set while provisioning waits after a failed Init (PROVISION_RETRY).
+        self._provision_timer: IDelayedCall | None = None
 
     # What the pool looks like, for health checks and tests
 
@@ -262,9 +268,11 @@ class Pool:
             executed_version=self._function.version,
             error_type=error_type,
             duration=now - environment.delivered_at if delivered else 0.0,
+            # Only an on-demand cold start has an Init Duration in its REPORT.
             init_duration=(
                 environment.init_duration
                 if environment.invocations <= 1
+                and environment.initialization_type == reports.ON_DEMAND
                 else None
             ),
             content_type=content_type,
@@ -420,14 +428,32 @@ class Pool:
             del self._environments[environment.index]
         if self._drained is not None:
             self._check_drained()
+        elif environment.init_duration is None and self._config.provisioned_concurrency:
+            # It never finished its Init: provisioning waits before trying again.
+            self._spawn_as_needed(provision=False)
+            if self._provision_timer is None:
+                self._provision_timer = self._reactor.callLater(  # type: ignore[attr-defined]
+                    PROVISION_RETRY, self._provision_again
+                )
         else:
             self._spawn_as_needed()
 
+    def _provision_again(self) -> None:
+        self._provision_timer = None
+        self._spawn_as_needed()
+
     # Spawning and reaping
 
-    def _spawn_as_needed(self) -> None:
-        if len(self._environments) >= self._config.max_concurrency:
+    def start(self) -> None:
+        """Initialise the PROVISIONED_CONCURRENCY environments, ahead of any invocation."""
+        self._spawn_as_needed()
+
+    def _spawn_as_needed(self, provision: bool = True) -> None:
+        if len(self._environments) >= self._config.max_concurrency or self._stopping:
             return
+        # Provisioned environments first: PROVISIONED_CONCURRENCY is a floor.
+        while provision and len(self._environments) < self._config.provisioned_concurrency:
+            self._spawn(reports.PROVISIONED)
         starting = sum(
             1 for each in self._environments.values() if each.state is State.STARTING
         )
@@ -436,15 +462,16 @@ class Pool:
             self._spawn()
             wanted -= 1
 
-    def _spawn(self) -> None:
+    def _spawn(self, initialization_type: str = reports.ON_DEMAND) -> None:
         index = next(i for i in range(self._config.max_concurrency) if i not in self._environments)
         environment = self._make_environment(
             index, self._config, self, self._reactor, self._output
         )
+        environment.initialization_type = initialization_type
         self._environments[index] = environment
         self._alive.add(environment)
         if self._config.print_reports:
-            self._output(self._platform.init_start())
+            self._output(self._platform.init_start(initialization_type))
         environment.ended().addCallback(lambda _: self._ended(environment))
         self._init_timers[environment] = self._reactor.callLater(  # type: ignore[attr-defined]
             max(INIT_TIMEOUT, self._function.timeout), self._init_timed_out, environment
@@ -491,6 +518,10 @@ class Pool:
         if left > 1e-6:
             self._arm_idle_timer(environment, left)
             return
+        if len(self._environments) <= self._config.provisioned_concurrency:
+            # Provisioned concurrency is never reaped: it stays initialised.
+            self._arm_idle_timer(environment, self._config.idle_timeout)
+            return
         self.log.info(
             "runtime #{index} idle for {seconds:.0f} s: stopping it",
             index=environment.index,
@@ -513,6 +544,9 @@ class Pool:
             for timer in self._idle_timers.values():
                 timer.cancel()
             self._idle_timers.clear()
+            if self._provision_timer is not None:
+                self._provision_timer.cancel()
+                self._provision_timer = None
             self._grace_timer = self._reactor.callLater(  # type: ignore[attr-defined]
                 self._config.shutdown_timeout, self._grace_expired
             )

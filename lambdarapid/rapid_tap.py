@@ -62,6 +62,8 @@ Environment variables (default in parentheses):
   RUNTIME_API_PORT                 first Runtime API port; runtime i gets +i (9001)
   MAX_CONCURRENCY                  runtimes run at once, spawned on demand (1)
   MAX_QUEUED_INVOCATIONS           invocations waiting for a runtime before 429 (1000)
+  PROVISIONED_CONCURRENCY          runtimes initialised at start and never stopped
+                                   for idleness, as Lambda's provisioned concurrency (0)
   AWS_LAMBDA_FUNCTION_NAME         the function's name (the handler's module)
   AWS_LAMBDA_FUNCTION_VERSION      ($LATEST)
   AWS_LAMBDA_FUNCTION_TIMEOUT      seconds per invocation, fractions allowed (3)
@@ -224,6 +226,7 @@ class RapidService(MultiService):
             n=config.max_concurrency,
         )
         super().startService()
+        self.pool.start()
 
     async def _stop(self) -> None:
         self.log.info("stopping: draining in-flight invocations")

@@ -19,6 +19,11 @@ from .config import Function
 from .invocation import Outcome, Result
 from .logs import iso_time
 
+#: An environment's initialisation types (AWS_LAMBDA_INITIALIZATION_TYPE, telemetry's
+#: initializationType): started for an invocation, or ahead of any (PROVISIONED_CONCURRENCY).
+ON_DEMAND = "on-demand"
+PROVISIONED = "provisioned-concurrency"
+
 
 def start_line(request_id: str, version: str) -> bytes:
     return f"START RequestId: {request_id} Version: {version}\n".encode()
@@ -77,7 +82,7 @@ class PlatformLines:
         event = {"time": iso_time(self._clock.seconds()), "type": kind, "record": record}
         return (json.dumps(event, separators=(",", ":")) + "\n").encode()
 
-    def init_start(self) -> bytes:
+    def init_start(self, initialization_type: str = ON_DEMAND) -> bytes:
         """When an environment starts: nothing in Text, C{platform.initStart} in JSON."""
         if not self._json:
             return b""
@@ -85,7 +90,7 @@ class PlatformLines:
         return self._event(
             "platform.initStart",
             {
-                "initializationType": "on-demand",
+                "initializationType": initialization_type,
                 "phase": "init",
                 "functionName": function.name,
                 "functionVersion": function.version,
@@ -138,14 +143,16 @@ class PlatformLines:
             fields.append(f"Error Type: {error_type}")
         return ("\t".join(fields) + "\n").encode()
 
-    def init_report_error(self, duration: float, error_type: str) -> bytes:
+    def init_report_error(
+        self, duration: float, error_type: str, initialization_type: str = ON_DEMAND
+    ) -> bytes:
         """INIT_REPORT for an Init that failed: how long it ran, and why."""
         milliseconds = round(duration * 1000, 2)
         if self._json:
             return self._event(
                 "platform.initReport",
                 {
-                    "initializationType": "on-demand",
+                    "initializationType": initialization_type,
                     "phase": "init",
                     "status": "error",
                     "errorType": error_type,
@@ -161,9 +168,9 @@ class PlatformLines:
 # The Telemetry API's platform records (the events extensions subscribe to).
 
 
-def init_start_record(function: Function) -> dict[str, Any]:
+def init_start_record(function: Function, initialization_type: str = ON_DEMAND) -> dict[str, Any]:
     return {
-        "initializationType": "on-demand",
+        "initializationType": initialization_type,
         "phase": "init",
         "functionName": function.name,
         "functionVersion": function.version,
@@ -171,17 +178,25 @@ def init_start_record(function: Function) -> dict[str, Any]:
     }
 
 
-def init_done_record(status: str, error_type: str | None = None) -> dict[str, Any]:
+def init_done_record(
+    status: str, error_type: str | None = None, initialization_type: str = ON_DEMAND
+) -> dict[str, Any]:
     """C{platform.initRuntimeDone}'s record."""
-    record: dict[str, Any] = {"initializationType": "on-demand", "phase": "init", "status": status}
+    record: dict[str, Any] = {
+        "initializationType": initialization_type,
+        "phase": "init",
+        "status": status,
+    }
     if error_type:
         record["errorType"] = error_type
     return record
 
 
-def init_report_record(duration: float, status: str) -> dict[str, Any]:
+def init_report_record(
+    duration: float, status: str, initialization_type: str = ON_DEMAND
+) -> dict[str, Any]:
     return {
-        "initializationType": "on-demand",
+        "initializationType": initialization_type,
         "phase": "init",
         "status": status,
         "metrics": {"durationMs": round(duration * 1000, 2)},

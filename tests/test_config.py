@@ -212,6 +212,8 @@ class BadValueTests(SynchronousTestCase):
             ("ENABLE_OPENFAAS", "yes please"),
             ("AMQP_PREFETCH", "0"),
             ("METRICS_PORT", "metrics"),
+            ("PROVISIONED_CONCURRENCY", "-1"),
+            ("PROVISIONED_CONCURRENCY", "2"),  # more than MAX_CONCURRENCY (1)
             ("AWS_LAMBDA_LOG_FORMAT", "xml"),
             ("AWS_LAMBDA_LOG_LEVEL", "loud"),
         ]

@@ -1160,3 +1160,89 @@ class LogTests(PoolTestCase):
         self.pool.stop()
         self.process(environment).die(signal.SIGTERM)
         self.assertEqual(self.info()[-1], f"runtime #0 (pid {pid}) exited: signal: terminated")
+
+
+class ProvisionedConcurrencyTests(PoolTestCase):
+    """PROVISIONED_CONCURRENCY: environments initialised ahead of invocations, kept."""
+
+    def test_started_before_any_invocation(self) -> None:
+        """start() initialises PROVISIONED_CONCURRENCY environments, told they are provisioned."""
+        self.make_pool(max_concurrency=4, provisioned_concurrency=2)
+        self.assertEqual(self.reactor.processes, [])
+        self.pool.start()
+        self.assertEqual(len(self.reactor.processes), 2)
+        for process in self.reactor.processes:
+            self.assertEqual(
+                process.env["AWS_LAMBDA_INITIALIZATION_TYPE"], "provisioned-concurrency"
+            )
+
+    def test_first_invocation_is_warm(self) -> None:
+        """An invocation after a provisioned Init goes straight to it: no spawn, no Init Duration."""
+        self.make_pool(max_concurrency=2, provisioned_concurrency=1)
+        self.pool.start()
+        environment = self.environment()
+        self.reactor.advance(0.5)
+        self.wait_next(environment)  # its Init is over: idle
+        invocation, result = self.invoke()
+        self.assertIs(environment.current, invocation)
+        environment.answer(invocation.request_id, Outcome.SUCCESS, b'"ok"')
+        self.assertIsNone(self.successResultOf(result).init_duration)
+        self.assertEqual(len(self.reactor.processes), 1)
+
+    def test_burst_spawns_on_demand_beyond(self) -> None:
+        """Beyond the provisioned ones, environments start on demand, as on-demand."""
+        self.make_pool(max_concurrency=3, provisioned_concurrency=1)
+        self.pool.start()
+        self.wait_next(self.environment(0))
+        self.invoke()
+        self.invoke()
+        self.assertEqual(len(self.reactor.processes), 2)
+        self.assertEqual(
+            self.reactor.processes[1].env["AWS_LAMBDA_INITIALIZATION_TYPE"], "on-demand"
+        )
+
+    def test_never_reaped_below(self) -> None:
+        """Idle reaping stops at PROVISIONED_CONCURRENCY environments."""
+        self.make_pool(max_concurrency=2, provisioned_concurrency=1, idle_timeout=10.0)
+        self.pool.start()
+        self.wait_next(self.environment(0))
+        self.reactor.advance(100)
+        self.assertEqual(self.process(self.environment(0)).signals, [])
+
+    def test_replaced_when_it_dies(self) -> None:
+        """A provisioned environment whose runtime exits is replaced at once."""
+        self.make_pool(max_concurrency=2, provisioned_concurrency=1)
+        self.pool.start()
+        environment = self.environment()
+        self.wait_next(environment)
+        self.process(environment).exit(1)
+        self.assertEqual(len(self.reactor.processes), 2)
+        self.assertEqual(len(self.pool.environments), 1)
+
+    def test_failed_init_is_retried_later(self) -> None:
+        """A provisioned Init that fails is tried again PROVISION_RETRY seconds later, not in a loop."""
+        from lambdarapid.pool import PROVISION_RETRY
+
+        self.make_pool(max_concurrency=1, provisioned_concurrency=1)
+        self.pool.start()
+        environment = self.environment()
+        environment.init_failed("Runtime.ImportModuleError", InitFailureTests.INIT_ERROR)
+        self.process(environment).exit(1)
+        self.assertEqual(len(self.reactor.processes), 1)
+        self.reactor.advance(PROVISION_RETRY - 0.1)
+        self.assertEqual(len(self.reactor.processes), 1)
+        self.reactor.advance(0.1)
+        self.assertEqual(len(self.reactor.processes), 2)
+
+    def test_stop_ends_them(self) -> None:
+        """On stop, provisioned environments are stopped like the others."""
+        self.make_pool(max_concurrency=1, provisioned_concurrency=1)
+        self.pool.start()
+        environment = self.environment()
+        self.wait_next(environment)
+        stopped = self.pool.stop()
+        self.assertEqual(self.process(environment).signals, [signal.SIGTERM])
+        self.process(environment).exit(0)
+        self.reactor.advance(1)
+        self.successResultOf(stopped)
+        self.assertEqual(len(self.reactor.processes), 1)
