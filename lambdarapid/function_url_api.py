@@ -10,7 +10,6 @@ as the runtime writes it. The rules of both are L{function_url}'s.
 
 from __future__ import annotations
 
-import uuid
 from typing import Any
 
 from twisted.internet.defer import CancelledError, Deferred
@@ -39,6 +38,7 @@ from .invocation import (
     Result,
     ServiceUnavailable,
     TooManyRequests,
+    new_request_id,
     new_trace_id,
 )
 from .logs import observer
@@ -79,7 +79,7 @@ class FunctionURLResource(Resource):
         self._invocations = invocations
 
     def render(self, request: Request) -> Any:
-        request_id = str(uuid.uuid4())
+        request_id = new_request_id()
         request.responseHeaders.setRawHeaders(b"x-amzn-requestid", [request_id.encode()])
         try:
             invocation = self._invocation(request, request_id)
@@ -222,7 +222,7 @@ def too_large(limit: int) -> errors.APIError:
     limit, before any resource sees it: with a request id, as every answer.
     """
     error = errors.url_too_large(limit)
-    error.headers["x-amzn-RequestId"] = str(uuid.uuid4())
+    error.headers["x-amzn-RequestId"] = new_request_id()
     return error
 
 

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import re
 from collections import deque
 from dataclasses import dataclass, field
 from email.utils import formatdate
@@ -137,11 +138,14 @@ def _error_document(request: _Request, body: bytes) -> tuple[str | None, bytes]:
 
 
 _UNSAFE = str.maketrans("", "", "\r\n\x00")
+_UNSAFE_CHARACTER = re.compile("[\r\n\x00]")
 
 
 def _header_value(text: str) -> bytes:
     """C{text} as a header value: whatever a caller sent, it stays one header."""
-    return text.translate(_UNSAFE).encode("utf-8", "replace")
+    if _UNSAFE_CHARACTER.search(text) is not None:  # rare: one scan, not a translation
+        text = text.translate(_UNSAFE)
+    return text.encode("utf-8", "replace")
 
 
 def _event_headers(invocation: Invocation) -> list[tuple[bytes, bytes]]:
