@@ -299,7 +299,7 @@ class InvokeAPI:
         C{Headers}).
         """
         path, _, query = target.partition(b"?")
-        name = _invoke_route_name(path)
+        name = invoke_route_name(path)
         if name is None:
             return
         if self._requests is not None:
@@ -501,7 +501,7 @@ def _route_name(path: bytes, prefix: bytes, suffix: bytes) -> str | None:
     return unquote(path[len(prefix) : -len(suffix)].decode("utf-8", "replace"))
 
 
-def _invoke_route_name(path: bytes) -> str | None:
+def invoke_route_name(path: bytes) -> str | None:
     """The function name in an invoke route's path; None for any other path."""
     return _route_name(path, _FUNCTIONS, _INVOCATIONS)
 
@@ -545,7 +545,7 @@ class InvokeAPIResource(Resource):
 
     def render(self, request: Request) -> Any:
         path = request.path
-        name = _invoke_route_name(path)
+        name = invoke_route_name(path)
         streaming = False
         if name is None and path.startswith(_STREAM_FUNCTIONS):
             name, streaming = _stream_route_name(path), True

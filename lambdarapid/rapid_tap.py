@@ -18,6 +18,7 @@ from twisted.logger import Logger
 from . import errors, logs
 from .config import ConfigError, RapidConfig, endpoint_description, rapid_config
 from .invoke_api import InvokeAPI, InvokeAPIResource
+from .invoke_protocol import InvokeAPIFactory
 from .observers import NO_INVOCATIONS
 from .pool import Pool
 from .output import stdout_writer
@@ -284,7 +285,10 @@ def make_rapid_service(
         InvokeAPIResource(invoke_api), bounded_request(errors.MAX_SYNC_PAYLOAD), reactor
     )
     service.listener = ListenerService(
-        reactor, endpoint_description(config.invoke_host, config.port), site, "Invoke API"
+        reactor,
+        endpoint_description(config.invoke_host, config.port),
+        InvokeAPIFactory(invoke_api, site, reactor),
+        "Invoke API",
     )
     service.listener.setServiceParent(service)
     if config.function_url_port is not None:

@@ -18,6 +18,7 @@ from .amqp.parameters import parse_amqp_uri
 from .config import ConfigError, ServerConfig, endpoint_description, server_config
 from .function_url_api import FunctionURLResource, too_large as url_too_large
 from .invoke_api import InvokeAPI, InvokeAPIResource
+from .invoke_protocol import InvokeAPIFactory
 from .metrics import ServerMetrics
 from .output import stdout_writer
 from .program import ProgramOptions, ProgramService
@@ -121,7 +122,10 @@ def make_server_service(config: ServerConfig, reactor: Any) -> ServerService:
         InvokeAPIResource(invoke_api), bounded_request(errors.MAX_SYNC_PAYLOAD), reactor
     )
     service.listener = ListenerService(
-        reactor, endpoint_description(config.invoke_host, config.port), site, "Invoke API"
+        reactor,
+        endpoint_description(config.invoke_host, config.port),
+        InvokeAPIFactory(invoke_api, site, reactor),
+        "Invoke API",
     )
     service.listener.setServiceParent(service)
     if config.function_url_port is not None:

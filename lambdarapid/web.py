@@ -94,6 +94,9 @@ def read_body(request: Request, limit: int) -> bytes | None:
         if request.too_large or request.body_length > limit:
             return None
         return request.body()
+    whole: bytes | None = getattr(request, "whole_body", None)
+    if whole is not None:  # a request read whole below twisted.web (invoke_protocol)
+        return None if len(whole) > limit else whole
     content = request.content
     if content is None:
         return b""

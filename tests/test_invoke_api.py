@@ -32,6 +32,7 @@ from lambdarapid.invocation import (
     TooManyRequests,
 )
 from lambdarapid.invoke_api import InvokeAPI, InvokeAPIResource, split_function_name
+from lambdarapid.invoke_protocol import InvokeAPIFactory
 from lambdarapid.web import QuietSite, bounded_request
 
 from .fakes import InMemoryHTTP, Reply
@@ -100,9 +101,10 @@ class InvokeAPITestCase(SynchronousTestCase):
             openfaas=self.openfaas,
             ready=lambda: self.ready,
         )
-        # As served: the hot route below Klein, the rest through the Klein app.
+        # As served: invoke requests on the fast connection, the rest handed to
+        # the site (the hot route below Klein, the rest through the Klein app).
         site = QuietSite(InvokeAPIResource(api), bounded_request(errors.MAX_SYNC_PAYLOAD))
-        self.http = InMemoryHTTP(site)
+        self.http = InMemoryHTTP(InvokeAPIFactory(api, site, self.clock))
 
     def post(
         self,
@@ -309,7 +311,8 @@ class NameTests(InvokeAPITestCase):
         """The daemon serves exactly the names and qualifiers Function.serves takes (as the AMQP consumer decides)."""
         function = Function(name="echo", version="7")
         api = InvokeAPI(self.invoker, self.clock, function)
-        http = InMemoryHTTP(QuietSite(InvokeAPIResource(api), bounded_request(errors.MAX_SYNC_PAYLOAD)))
+        site = QuietSite(InvokeAPIResource(api), bounded_request(errors.MAX_SYNC_PAYLOAD))
+        http = InMemoryHTTP(InvokeAPIFactory(api, site, self.clock))
         for name, qualifier in (
             ("echo", None), ("echo", "$LATEST"), ("echo", "7"), ("function", "7"),
             ("echo", "8"), ("other", None), ("function", "prod"),

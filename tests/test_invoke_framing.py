@@ -25,6 +25,7 @@ from lambdarapid import errors
 from lambdarapid.config import Function
 from lambdarapid.invocation import ServiceUnavailable
 from lambdarapid.invoke_api import InvokeAPI, InvokeAPIResource
+from lambdarapid.invoke_protocol import InvokeAPIFactory
 from lambdarapid.web import IDLE_CONNECTION_TIMEOUT, QuietSite, bounded_request
 
 from .runtimes import start_python
@@ -102,7 +103,9 @@ class RawSiteTestCase(TestCase):
         self.invoker = FakeInvoker()
         api = InvokeAPI(self.invoker, reactor, self.function)
         self.site = QuietSite(InvokeAPIResource(api), bounded_request(errors.MAX_SYNC_PAYLOAD))
-        self.port = reactor.listenTCP(0, self.site, interface="127.0.0.1")  # type: ignore[arg-type]
+        self.port = reactor.listenTCP(  # type: ignore[attr-defined]
+            0, InvokeAPIFactory(api, self.site, reactor), interface="127.0.0.1"
+        )
         self.addCleanup(self.port.stopListening)
 
     async def connect(self) -> RawClient:
@@ -306,7 +309,9 @@ class TimeoutTests(SynchronousTestCase):
         clock = Clock()
         api = InvokeAPI(FakeInvoker(), clock, Function(name="echo"))
         site = QuietSite(InvokeAPIResource(api), bounded_request(errors.MAX_SYNC_PAYLOAD), clock)
-        channel = site.buildProtocol(IPv4Address("TCP", "127.0.0.1", 40000))
+        # As served: the invoke route's connection, handing the rest to the site's channel.
+        factory = InvokeAPIFactory(api, site, clock)
+        channel = factory.buildProtocol(IPv4Address("TCP", "127.0.0.1", 40000))
         transport = StringTransport()
         channel.makeConnection(transport)
         return channel, transport, clock

@@ -36,6 +36,7 @@ from lambdarapid import errors
 from lambdarapid.amqp.consumer import RPCConsumer
 from lambdarapid.config import Function
 from lambdarapid.invoke_api import InvokeAPI, InvokeAPIResource
+from lambdarapid.invoke_protocol import InvokeAPIFactory
 from lambdarapid.metrics import DaemonMetrics, ServerMetrics
 from lambdarapid.web import QuietSite, bounded_request
 from lambdarapid.pool import Pool
@@ -336,9 +337,10 @@ class InvokeAPIRecordingTests(SynchronousTestCase):
     def setUp(self) -> None:
         self.invoker = FakeInvoker()
         self.recorder = DaemonMetrics("echo")
-        api = InvokeAPI(self.invoker, Clock(), Function(name="echo"), invocations=self.recorder)
+        clock = Clock()
+        api = InvokeAPI(self.invoker, clock, Function(name="echo"), invocations=self.recorder)
         site = QuietSite(InvokeAPIResource(api), bounded_request(errors.MAX_SYNC_PAYLOAD))
-        self.http = InMemoryHTTP(site)
+        self.http = InMemoryHTTP(InvokeAPIFactory(api, site, clock))
 
     def post(self, kind: str = "RequestResponse", body: bytes = b"{}", name: str = "echo") -> int:
         reply = self.successResultOf(
