@@ -40,6 +40,33 @@ def make(build: str, label: str, max_concurrency: int, logdir: Path) -> Server:
     return daemon
 
 
+def make_pair(build: str, label: str, max_concurrency: int, logdir: Path, uri: str) -> tuple[Server, Server]:
+    """A daemon consuming a queue of its own and the Lambda Server in front of it, both of C{build}."""
+    import bench_amqp
+
+    function = bench_amqp.function_name()
+    daemon = make(build, label, max_concurrency, logdir)
+    daemon.env.update(AMQP_URI=uri, AWS_LAMBDA_FUNCTION_NAME=function)
+    daemon.path = f"/2015-03-31/functions/{function}/invocations"
+    server = bench_amqp.make_lambda_server(logdir, uri, function, [str(Path(build).parent / "lambda-server")])
+    server.name = f"server-{label}"
+    return daemon, server
+
+
+def through_server(pair: tuple[Server, Server], loadgen: Any, body: Path, connections: int,
+                   duration: int) -> dict[str, float]:
+    daemon, server = pair
+    server.settle()
+    before, daemon_before = server.snapshot(), daemon.snapshot()
+    result = loadgen.run(server.port, server.path, body, connections, duration)
+    own, _, _ = bd.cpu_delta(before, server.snapshot())
+    daemon_own, _, _ = bd.cpu_delta(daemon_before, daemon.snapshot())
+    if result.error_count:
+        raise RuntimeError(f"{server.name}: {result.errors}")
+    return {"rps": result.rps, "server_us": own / result.requests * 1e6,
+            "daemon_us": daemon_own / result.requests * 1e6, "p50_ms": result.p50_ms}
+
+
 def throughput(server: Server, loadgen: Any, body: Path, connections: int, duration: int) -> dict[str, float]:
     server.settle()
     before = server.snapshot()
@@ -61,6 +88,9 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--cold-runs", type=int, default=5, help="cold starts per build (%(default)s; 0: none)")
     parser.add_argument("--rss-invocations", type=int, default=2000,
                         help="invocations before RSS is read (%(default)s; 0: no RSS)")
+    parser.add_argument("--server-points", default="",
+                        help="MAX_CONCURRENCY:connections,... through each build's lambda-server and RabbitMQ")
+    parser.add_argument("--amqp-uri", default="amqp://guest:guest@127.0.0.1:5672/")
     args = parser.parse_args(argv)
     tmp = Path(tempfile.mkdtemp(prefix="bench-ab-"))
     logdir = tmp / "logs"
@@ -70,7 +100,7 @@ def main(argv: list[str]) -> int:
     loadgen = bd.pick_loadgen("auto", tmp)
     builds = {"A": os.path.abspath(args.a), "B": os.path.abspath(args.b)}
     results: dict[str, Any] = {"builds": builds, "points": {}}
-    for point in args.points.split(","):
+    for point in filter(None, args.points.split(",")):
         max_concurrency, connections = (int(part) for part in point.split(":"))
         servers = {label: make(build, label, max_concurrency, logdir) for label, build in builds.items()}
         runs: dict[str, list[dict[str, float]]] = {"A": [], "B": []}
@@ -100,6 +130,30 @@ def main(argv: list[str]) -> int:
             f"B {row['B']['rps']:.0f} req/s {row['B']['daemon_us']:.0f} us/inv | "
             f"B/A req/s {row['B/A']['rps']:.2f}x, daemon CPU {row['B/A']['daemon_us']:.2f}x"
             + (f", RSS A {rss['A']:.1f} MB B {rss['B']:.1f} MB" if rss else ""))
+    for point in filter(None, args.server_points.split(",")):
+        max_concurrency, connections = (int(part) for part in point.split(":"))
+        pairs = {label: make_pair(build, label, max_concurrency, logdir, args.amqp_uri)
+                 for label, build in builds.items()}
+        server_runs: dict[str, list[dict[str, float]]] = {"A": [], "B": []}
+        try:
+            for daemon, server in pairs.values():
+                daemon.start()
+                server.start()
+                loadgen.run(server.port, server.path, body, connections, 1)
+            for _ in range(args.rounds):
+                for label, pair in pairs.items():
+                    server_runs[label].append(through_server(pair, loadgen, body, connections, args.duration))
+        finally:
+            for daemon, server in pairs.values():
+                server.stop()
+                daemon.stop()
+        row = {label: {key: statistics.median(run[key] for run in server_runs[label]) for key in server_runs[label][0]}
+               for label in builds}
+        row["B/A"] = {key: row["B"][key] / row["A"][key] for key in row["A"] if row["A"][key]}
+        results.setdefault("server_points", {})[point] = row
+        log(f"through lambda-server, MC={max_concurrency} x{connections}: A {row['A']['rps']:.0f} req/s, server "
+            f"{row['A']['server_us']:.0f} us/inv | B {row['B']['rps']:.0f} req/s, server {row['B']['server_us']:.0f} us/inv"
+            f" | B/A req/s {row['B/A']['rps']:.2f}x, server CPU {row['B/A']['server_us']:.2f}x")
     if args.cold_runs:
         cold: dict[str, list[float]] = {"A": [], "B": []}
         for _ in range(args.cold_runs):

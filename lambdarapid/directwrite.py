@@ -51,9 +51,9 @@ class DirectWriter:
             # The transport finds the same error on its own write and handles it.
             transport.writeSequence(parts)
             return
-        rest = _after(parts, sent)
-        if not rest:
+        if sent == sum(map(len, parts)):
             return
+        rest = _after(parts, sent)
         # Registered first: a pull producer is asked for more at once, which
         # must not count as the rest having gone.
         transport.registerProducer(self, False)

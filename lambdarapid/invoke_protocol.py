@@ -36,8 +36,10 @@ _PREFIX = b"POST /2015-03-31/functions/"
 _HEAD_END = b"\r\n\r\n"
 #: A request line this parser takes: the invoke route, HTTP/1.1.
 _REQUEST_LINE = re.compile(rb"POST (/2015-03-31/functions/[^ /?]+/invocations(?:\?[^ ]*)?) HTTP/1\.1")
-#: A header line it takes: a token, a colon, a value without control characters.
-_HEADER_LINE = re.compile(rb"([!#$%&'*+\-.^_`|~0-9A-Za-z]+):[ \t]*([^\x00-\x08\x0a-\x1f\x7f]*?)[ \t]*")
+#: A header name it takes (a token).
+_TOKEN = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
+#: What no head it takes holds once its CRLFs are gone: control characters (a bare CR or LF too).
+_CONTROL = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]")
 #: Headers whose presence sends the request to twisted.web (framing this parser does not do).
 _HANDED_OVER = frozenset({b"transfer-encoding", b"expect", b"upgrade"})
 
@@ -269,17 +271,17 @@ def _parse_head(head: bytes) -> tuple[bytes, dict[bytes, bytes], int, bool] | No
     """
     lines = head.split(b"\r\n")
     matched = _REQUEST_LINE.fullmatch(lines[0])
-    if matched is None:
-        return None
+    if matched is None or _CONTROL.search(head.replace(b"\r\n", b"")) is not None:
+        return None  # a bare CR or LF, a control character: twisted.web's to answer
     headers: dict[bytes, bytes] = {}
     for line in lines[1:]:
-        header = _HEADER_LINE.fullmatch(line)
-        if header is None:
-            return None  # a bare LF, obs-fold, a bad name: twisted.web's to answer
-        name = header.group(1).lower()
+        raw_name, colon, value = line.partition(b":")
+        if not colon or _TOKEN.fullmatch(raw_name) is None:
+            return None  # no colon, obs-fold, a bad name: twisted.web's to answer
+        name = raw_name.lower()
         if name in headers or name in _HANDED_OVER:
             return None  # a repeated header (two lengths, say) or framing not done here
-        headers[name] = header.group(2)
+        headers[name] = value.strip(b" \t")
     raw_length = headers.get(b"content-length", b"0")
     if not raw_length.isdigit() or len(raw_length) > 9:
         return None
