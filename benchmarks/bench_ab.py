@@ -88,6 +88,7 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--cold-runs", type=int, default=5, help="cold starts per build (%(default)s; 0: none)")
     parser.add_argument("--rss-invocations", type=int, default=2000,
                         help="invocations before RSS is read (%(default)s; 0: no RSS)")
+    parser.add_argument("--payload", choices=("small", "1mb"), default="small", help="request payload (%(default)s)")
     parser.add_argument("--server-points", default="",
                         help="MAX_CONCURRENCY:connections,... through each build's lambda-server and RabbitMQ")
     parser.add_argument("--amqp-uri", default="amqp://guest:guest@127.0.0.1:5672/")
@@ -95,8 +96,8 @@ def main(argv: list[str]) -> int:
     tmp = Path(tempfile.mkdtemp(prefix="bench-ab-"))
     logdir = tmp / "logs"
     logdir.mkdir()
-    body = tmp / "small.json"
-    body.write_bytes(bd.make_payload("small"))
+    body = tmp / f"{args.payload}.json"
+    body.write_bytes(bd.make_payload(args.payload))
     loadgen = bd.pick_loadgen("auto", tmp)
     builds = {"A": os.path.abspath(args.a), "B": os.path.abspath(args.b)}
     results: dict[str, Any] = {"builds": builds, "points": {}}
