@@ -22,7 +22,7 @@ from urllib.parse import parse_qs
 
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IDelayedCall, ITCPTransport
-from twisted.internet.protocol import Factory, Protocol, connectionDone
+from twisted.internet.protocol import Protocol, ServerFactory, connectionDone
 from twisted.python.failure import Failure
 from twisted.web.http import RESPONSES
 from twisted.web.server import Request
@@ -202,6 +202,7 @@ class InvokeAPIProtocol(Protocol):
 
     def _answered(self, body: bytes | None, request: FastRequest) -> None:
         self._waiting = None
+        self._last_activity = self._clock.seconds()  # idle from its answer on
         if self._closing:
             return
         self._write(request, body)
@@ -304,7 +305,7 @@ def _http_date(now: float) -> bytes:
     return _date_cache[1]
 
 
-class InvokeAPIFactory(Factory):
+class InvokeAPIFactory(ServerFactory):
     """
     The Invoke API's listener: L{InvokeAPIProtocol} connections, which hand
     whatever is not an invoke request to C{site} (the L{InvokeAPIResource}).

@@ -103,7 +103,7 @@ class RawSiteTestCase(TestCase):
         self.invoker = FakeInvoker()
         api = InvokeAPI(self.invoker, reactor, self.function)
         self.site = QuietSite(InvokeAPIResource(api), bounded_request(errors.MAX_SYNC_PAYLOAD))
-        self.port = reactor.listenTCP(  # type: ignore[attr-defined]
+        self.port = reactor.listenTCP(  # type: ignore[attr-defined,arg-type]
             0, InvokeAPIFactory(api, self.site, reactor), interface="127.0.0.1"
         )
         self.addCleanup(self.port.stopListening)
