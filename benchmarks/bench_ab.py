@@ -86,8 +86,8 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--rounds", type=int, default=5, help="turns per build and point (%(default)s)")
     parser.add_argument("--duration", type=int, default=3, help="seconds per wrk run (%(default)s)")
     parser.add_argument("--cold-runs", type=int, default=5, help="cold starts per build (%(default)s; 0: none)")
-    parser.add_argument("--rss-invocations", type=int, default=2000,
-                        help="invocations before RSS is read (%(default)s; 0: no RSS)")
+    parser.add_argument("--rss-after", default="2000",
+                        help="RSS read after these many invocations in all, e.g. 2000,100000 (%(default)s; empty: none)")
     parser.add_argument("--payload", choices=("small", "1mb"), default="small", help="request payload (%(default)s)")
     parser.add_argument("--server-points", default="",
                         help="MAX_CONCURRENCY:connections,... through each build's lambda-server and RabbitMQ")
@@ -112,11 +112,16 @@ def main(argv: list[str]) -> int:
             for _ in range(args.rounds):
                 for label, server in servers.items():
                     runs[label].append(throughput(server, loadgen, body, connections, args.duration))
-            rss = {}
-            if args.rss_invocations:
-                for label, server in servers.items():
-                    loadgen.run(server.port, server.path, body, connections, 60, max_requests=args.rss_invocations)
-                    rss[label] = bd.rss_mb(server.pid)
+            rss: dict[str, float | None] = {}
+            curves: dict[str, dict[int, float | None]] = {}
+            counts = [int(count) for count in filter(None, args.rss_after.split(","))]
+            for label, server in servers.items():
+                done = 0
+                curves[label] = {}
+                for count in counts:
+                    loadgen.run(server.port, server.path, body, connections, 600, max_requests=count - done)
+                    done = count
+                    curves[label][count] = rss[label] = bd.rss_mb(server.pid)
         finally:
             for server in servers.values():
                 server.stop()
@@ -125,12 +130,15 @@ def main(argv: list[str]) -> int:
             row[label] = {key: statistics.median(run[key] for run in runs[label]) for key in runs[label][0]}
             if rss:
                 row[label]["rss_mb"] = rss[label]
-        row["B/A"] = {key: row["B"][key] / row["A"][key] for key in row["A"] if row["A"][key]}
+                row[label]["rss_curve_mb"] = curves[label]
+        row["B/A"] = {key: row["B"][key] / row["A"][key] for key in row["A"]
+                      if key != "rss_curve_mb" and row["A"][key]}
         results["points"][point] = row
         log(f"MC={max_concurrency} x{connections}: A {row['A']['rps']:.0f} req/s {row['A']['daemon_us']:.0f} us/inv | "
             f"B {row['B']['rps']:.0f} req/s {row['B']['daemon_us']:.0f} us/inv | "
             f"B/A req/s {row['B/A']['rps']:.2f}x, daemon CPU {row['B/A']['daemon_us']:.2f}x"
-            + (f", RSS A {rss['A']:.1f} MB B {rss['B']:.1f} MB" if rss else ""))
+            + (f", RSS (MB) after {counts}: A {list(curves['A'].values())} B {list(curves['B'].values())}"
+               if rss else ""))
     for point in filter(None, args.server_points.split(",")):
         max_concurrency, connections = (int(part) for part in point.split(":"))
         pairs = {label: make_pair(build, label, max_concurrency, logdir, args.amqp_uri)
