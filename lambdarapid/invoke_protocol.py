@@ -16,7 +16,6 @@ every rule of that channel (its error answers, limits and timeouts) holds.
 from __future__ import annotations
 
 import re
-from email.utils import formatdate
 from typing import Any, cast
 from urllib.parse import parse_qs
 
@@ -29,6 +28,7 @@ from twisted.web.server import Request
 
 from . import errors
 from .directwrite import DirectWriter
+from .httpdate import http_date
 from .invoke_api import InvokeAPI, invoke_route_name
 from .web import IDLE_CONNECTION_TIMEOUT, QuietSite
 
@@ -220,7 +220,7 @@ class InvokeAPIProtocol(Protocol):
         code = request.code
         head = [
             b"HTTP/1.1 %d %s\r\n" % (code, RESPONSES.get(code, b"Unknown")),
-            b"Date: " + _http_date(self._clock.seconds()) + b"\r\n",
+            b"Date: " + http_date(self._clock.seconds()) + b"\r\n",
         ]
         for name, values in request.responseHeaders.values.items():
             for value in values:
@@ -291,18 +291,6 @@ def _parse_head(head: bytes) -> tuple[bytes, dict[bytes, bytes], int, bool] | No
         return None  # twisted.web's 413 (counted, answered at once, the rest dropped)
     keep_alive = headers.get(b"connection", b"").lower() != b"close"
     return matched.group(1), headers, length, keep_alive
-
-
-_date_cache: tuple[int, bytes] = (0, b"")
-
-
-def _http_date(now: float) -> bytes:
-    """The Date header's value, formatted once a second."""
-    global _date_cache
-    second = int(now)
-    if _date_cache[0] != second:
-        _date_cache = (second, formatdate(second, usegmt=True).encode())
-    return _date_cache[1]
 
 
 class InvokeAPIFactory(ServerFactory):

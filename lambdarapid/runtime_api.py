@@ -22,7 +22,6 @@ import binascii
 import re
 from collections import deque
 from dataclasses import dataclass, field
-from email.utils import formatdate
 from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote
 
@@ -34,6 +33,7 @@ from twisted.python.failure import Failure
 
 from . import errors
 from .directwrite import DirectWriter
+from .httpdate import http_date
 from .invocation import Invocation, Outcome
 from .streams import MAX_STREAMED_RESPONSE, ResponseStream
 
@@ -583,7 +583,7 @@ class RuntimeAPIProtocol(Protocol):
         lines = [
             b"HTTP/1.1 %d %s\r\n" % (response.status, _REASONS.get(response.status, b"")),
             b"Content-Type: application/json\r\nContent-Length: %d\r\n" % len(response.body),
-            b"Date: " + _http_date(self._clock.seconds()) + b"\r\n",
+            b"Date: " + http_date(self._clock.seconds()) + b"\r\n",
         ]
         for name, value in response.headers:
             lines.append(name + b": " + value + b"\r\n")
@@ -610,18 +610,6 @@ class RuntimeAPIProtocol(Protocol):
             _Request(b"", b"", {}, None, keep_alive=False),
             _error_response(errors.malformed_runtime_request(message, status)),
         )
-
-
-_date_cache: tuple[int, bytes] = (0, b"")
-
-
-def _http_date(now: float) -> bytes:
-    """The Date header's value, formatted once a second."""
-    global _date_cache
-    second = int(now)
-    if _date_cache[0] != second:
-        _date_cache = (second, formatdate(second, usegmt=True).encode())
-    return _date_cache[1]
 
 
 class RuntimeAPIFactory(Factory):
