@@ -22,6 +22,7 @@ from urllib.parse import parse_qs
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IDelayedCall, ITCPTransport
 from twisted.internet.protocol import Protocol, ServerFactory, connectionDone
+from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web.http import RESPONSES
 from twisted.web.server import Request
@@ -30,6 +31,7 @@ from . import errors
 from .directwrite import DirectWriter
 from .httpdate import http_date
 from .invoke_api import InvokeAPI, invoke_route_name
+from .logs import observer
 from .web import IDLE_CONNECTION_TIMEOUT, QuietSite
 
 _PREFIX = b"POST /2015-03-31/functions/"
@@ -94,6 +96,8 @@ class FastRequest:
 
 class InvokeAPIProtocol(Protocol):
     """One caller's connection: invoke requests served here, the rest by twisted.web."""
+
+    log = Logger(observer=observer)
 
     def __init__(self, api: InvokeAPI, site: QuietSite, address: Any, clock: Any) -> None:
         self._api = api
@@ -210,9 +214,13 @@ class InvokeAPIProtocol(Protocol):
             self._serve()
 
     def _lost(self, failure: Failure) -> None:
-        """The caller hung up (the wait was cancelled): nothing to write."""
+        """No answer could be made (the error path itself failed): say so, and hang up rather than hang."""
         self._waiting = None
-        failure.trap(Exception)
+        self.log.failure("answering an invoke request", failure)
+        if not self._closing:
+            self._closing = True
+            assert self.transport is not None
+            self.transport.loseConnection()
 
     def _write(self, request: FastRequest, body: bytes | None) -> None:
         if body is None or self._closing:
