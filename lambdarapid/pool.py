@@ -449,9 +449,10 @@ class Pool:
         self._spawn_as_needed()
 
     def _spawn_as_needed(self, provision: bool = True) -> None:
-        if len(self._environments) >= self._config.max_concurrency or self._stopping:
+        if len(self._environments) >= self._config.max_concurrency:
             return
-        # Provisioned environments first: PROVISIONED_CONCURRENCY is a floor.
+        # Provisioned environments first: PROVISIONED_CONCURRENCY is a floor (until shutdown).
+        provision = provision and not self._stopping
         while provision and len(self._environments) < self._config.provisioned_concurrency:
             self._spawn(reports.PROVISIONED)
         starting = sum(
