@@ -1,72 +1,49 @@
 """
 The C{lambda-rapid} and C{lambda-server} console scripts.
 
-They run the same services as the twistd plugins, in the foreground, without
-twistd's plugin discovery or pid file: what a container ENTRYPOINT (and a
-frozen executable) needs. Log lines go through the same non-blocking writer
-as the runtimes' output, so a stalled stdout stalls neither; with
-C{AWS_LAMBDA_LOG_FORMAT=JSON} they are one JSON object a line, as Lambda's.
+A container's ENTRYPOINT starts one per cold start, so they start lean. Twisted's
+reactor imports pyOpenSSL (and with it cryptography and service_identity)
+whenever it is installed, which here cost ~50-80 ms of start and ~13 MB of
+memory; the only TLS these programs ever speak is an C{amqps://} broker. So,
+unless C{AMQP_URI} asks for one, they tell Python there is no pyOpenSSL before
+Twisted is imported, and Twisted runs without TLS (docs/architecture.md,
+"Cold start and memory"). The twistd plugins, whose reactor twistd imports
+first, keep TLS either way. The programs themselves are L{lambdarapid.console}'s.
 """
 
 from __future__ import annotations
 
+import os
 import sys
-from typing import IO, Any, Callable, Sequence, cast
-
-from twisted.logger import (
-    FilteringLogObserver,
-    ILogObserver,
-    globalLogBeginner,
-    textFileLogObserver,
-)
-from twisted.python import usage
-
-from .logs import JSONLineObserver
-from .output import OutputWriter, TextOutput, stdout_writer
-from .program import ProgramService, without_port_chatter
+from typing import Any, Mapping, MutableMapping, Sequence
 
 
-def run(
-    name: str,
-    options: usage.Options,
-    make_service: Callable[[Any, Any], ProgramService],
-    argv: Sequence[str],
-) -> None:
-    """Parse C{argv}, start the service on the global reactor, run until stopped."""
-    try:
-        options.parseOptions(list(argv))
-    except usage.UsageError as error:
-        print(f"{name}: {error}\n{name} --help lists the options.", file=sys.stderr)
-        raise SystemExit(2) from None
-
-    from twisted.internet import reactor
-
-    service = make_service(options, reactor)
-    output: OutputWriter = service.output or stdout_writer()
-    lines: ILogObserver
-    if options["config"].log_format == "JSON":
-        lines = JSONLineObserver(output.write)
-    else:
-        lines = textFileLogObserver(cast(IO[str], TextOutput(output)))
-    globalLogBeginner.beginLoggingTo(
-        [FilteringLogObserver(lines, [without_port_chatter])], redirectStandardIO=False
-    )
-    service.privilegedStartService()  # a taken port: SystemExit with one line
-    service.startService()
-    reactor.addSystemEventTrigger("before", "shutdown", service.stopService)
-    reactor.run()  # type: ignore[attr-defined]
-    output.close()
+def leave_out_tls(environ: Mapping[str, str], modules: MutableMapping[str, Any]) -> bool:
+    """
+    Make pyOpenSSL unimportable in this process unless C{environ} names an
+    C{amqps://} broker or it is imported already; whether it was left out.
+    """
+    if environ.get("AMQP_URI", "").strip().lower().startswith("amqps:"):
+        return False
+    if "OpenSSL" in modules:
+        return False
+    modules["OpenSSL"] = None  # "import OpenSSL" now raises ImportError: Twisted goes without TLS
+    return True
 
 
 def rapid(argv: Sequence[str] | None = None) -> None:
     """C{lambda-rapid [RUNTIME_COMMAND ...]}: a drop-in for C{aws-lambda-rie}."""
+    leave_out_tls(os.environ, sys.modules)
     from . import rapid_tap
+    from .console import run
 
     run("lambda-rapid", rapid_tap.Options(), rapid_tap.makeService, sys.argv[1:] if argv is None else argv)
 
 
 def server(argv: Sequence[str] | None = None) -> None:
     """C{lambda-server}: the Invoke API for every function, over AMQP-RPC."""
+    leave_out_tls(os.environ, sys.modules)
     from . import server_tap
+    from .console import run
 
     run("lambda-server", server_tap.Options(), server_tap.makeService, sys.argv[1:] if argv is None else argv)

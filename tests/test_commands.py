@@ -19,10 +19,11 @@ from twisted.internet.error import ConnectionRefusedError, ProcessDone, ProcessT
 from twisted.internet.protocol import ProcessProtocol
 from twisted.internet.task import deferLater
 from twisted.python.failure import Failure
-from twisted.trial.unittest import TestCase
+from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from lambdarapid import __version__
 from lambdarapid.config import DAEMON_VARIABLES
+from lambdarapid.scripts import leave_out_tls
 from lambdarapid.testing import InvokeClient, InvokeResult, free_port, free_port_block
 
 from .runtimes import BIN, FUNCTIONS, function_environ
@@ -378,6 +379,17 @@ class ScriptTests(CommandTests, TestCase):
         self.assertNotIn("Site", written)
         self.assertNotIn("Factory", written)
 
+    async def test_starts_without_tls(self) -> None:
+        """Without an amqps:// broker the script runs with no pyOpenSSL or cryptography loaded (a leaner cold start), and serves."""
+        child, client = self.start("handlers.echo")
+        result = await self.first_invoke(child, client, {"tls": False})
+        self.assertEqual(result.json(), {"tls": False})
+        assert child.transport is not None
+        with open(f"/proc/{child.transport.pid}/maps") as maps:
+            loaded = maps.read()
+        self.assertNotIn("cryptography", loaded)
+        self.assertNotIn("OpenSSL", loaded)
+
     async def test_json_log_format(self) -> None:
         """With AWS_LAMBDA_LOG_FORMAT=JSON every line the daemon itself prints is one JSON object; the function's print() lines pass as they are."""
         child, client = self.start(
@@ -501,3 +513,28 @@ class ServerCommandTests(TestCase):
             self.assertIn("AMQP_URI", lines[0])
             self.assertNotIn(b"s3cret", child.stdout + child.stderr)
             self.assertNotIn(b"Traceback", child.stdout + child.stderr)
+
+
+class LeaveOutTLSTests(SynchronousTestCase):
+    """The console scripts' decision to start without pyOpenSSL."""
+
+    def test_left_out_without_amqps(self) -> None:
+        """No broker, or an amqp:// one: pyOpenSSL is made unimportable."""
+        for environ in ({}, {"AMQP_URI": "amqp://guest:guest@localhost:5672/"}):
+            modules: dict[str, object] = {}
+            self.assertTrue(leave_out_tls(environ, modules))
+            self.assertIn("OpenSSL", modules)
+            self.assertIsNone(modules["OpenSSL"])
+
+    def test_kept_for_amqps(self) -> None:
+        """An amqps:// broker (any case) keeps TLS."""
+        modules: dict[str, object] = {}
+        self.assertFalse(leave_out_tls({"AMQP_URI": " AMQPS://broker:5671/"}, modules))
+        self.assertEqual(modules, {})
+
+    def test_kept_when_already_imported(self) -> None:
+        """A process that has pyOpenSSL already keeps it (a test runner's, say)."""
+        loaded = object()
+        modules: dict[str, object] = {"OpenSSL": loaded}
+        self.assertFalse(leave_out_tls({}, modules))
+        self.assertIs(modules["OpenSSL"], loaded)

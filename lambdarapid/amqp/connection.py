@@ -26,7 +26,6 @@ from twisted.internet.defer import CancelledError, Deferred
 from twisted.internet.endpoints import HostnameEndpoint, wrapClientTLS
 from twisted.internet.interfaces import IProtocol, IProtocolFactory, IStreamClientEndpoint, ITCPTransport
 from twisted.internet.protocol import Factory
-from twisted.internet.ssl import optionsForClientTLS
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
@@ -70,6 +69,9 @@ def broker_endpoint(reactor: Any, parameters: pika.ConnectionParameters) -> IStr
         reactor, parameters.host, parameters.port, timeout=parameters.socket_timeout or 10
     )
     if parameters.ssl_options is not None:
+        # Imported only for amqps: the console scripts start without TLS otherwise.
+        from twisted.internet.ssl import optionsForClientTLS
+
         endpoint = wrapClientTLS(optionsForClientTLS(parameters.host), endpoint)
     return endpoint
 
