@@ -62,8 +62,9 @@ class DirectWriter:
 
     def foreign_producer(self) -> None:
         """
-        Another producer is about to be registered on the transport (a
-        streamed answer's): from now on every write goes through it.
+        Another producer is about to be registered on the transport (the
+        twisted.web channel a connection is handed to registers itself):
+        from now on every write goes through the transport.
         """
         self._sendmsg = None
         if self._queued:

@@ -56,11 +56,11 @@ _TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
 _MONTHS = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec")
 
 
-def is_text(content_type: bytes | None) -> bool:
+def is_text(content_type: str) -> bool:
     """Whether a body of this type travels as text (else base64, as AWS does for binary)."""
-    if not content_type:
+    media = content_type.split(";", 1)[0].strip().lower()
+    if not media:
         return False
-    media = content_type.split(b";", 1)[0].strip().lower().decode("latin-1")
     return (
         media.startswith("text/")
         or media in _TEXT_TYPES
@@ -189,9 +189,8 @@ def request_event(request: URLRequest) -> bytes:
     }
     body = request.body
     if body:
-        content_type = headers.get("content-type", "").encode("latin-1", "replace")
         text = None
-        if is_text(content_type):
+        if is_text(headers.get("content-type", "")):
             try:
                 text = body.decode("utf-8")
             except UnicodeDecodeError:

@@ -112,6 +112,9 @@ class InvokeAPIProtocol(Protocol):
         #: The answer being waited for: nothing more is read until it is written.
         self._waiting: Deferred[bytes | None] | None = None
         self._closing = False
+        #: Whether L{_serve} is on the stack: an answer ready at once is written
+        #: in its loop, which then serves the next request, instead of recursing.
+        self._serving = False
         #: The twisted.web channel the connection was handed to, once it was.
         self._channel: Protocol | None = None
         self._writer: DirectWriter
@@ -162,6 +165,15 @@ class InvokeAPIProtocol(Protocol):
 
     def _serve(self) -> None:
         """Answer the buffered requests in order, until one must wait or is not ours."""
+        if self._serving:
+            return
+        self._serving = True
+        try:
+            self._serve_buffered()
+        finally:
+            self._serving = False
+
+    def _serve_buffered(self) -> None:
         while self._size and self._waiting is None and not self._closing:
             head = self._head
             if head is None:

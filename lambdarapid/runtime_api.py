@@ -395,6 +395,8 @@ class RuntimeAPIProtocol(Protocol):
         self._stream_oversized = False
         self._stream_refused: errors.APIError | None = None
         self._writer: DirectWriter
+        #: Whether L{_serve} is on the stack (an answer ready at once must not recurse into it).
+        self._serving = False
 
     # httptools callbacks
 
@@ -549,6 +551,15 @@ class RuntimeAPIProtocol(Protocol):
 
     def _serve(self) -> None:
         """Answer queued requests in order, until one has to wait (GET /next)."""
+        if self._serving:
+            return  # an answer ready at once: the loop below goes on with the next request
+        self._serving = True
+        try:
+            self._serve_queued()
+        finally:
+            self._serving = False
+
+    def _serve_queued(self) -> None:
         while self._requests and self._waiting is None and not self._closing:
             request = self._requests.popleft()
             response = self._api.handle(request, self.transport)

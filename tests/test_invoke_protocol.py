@@ -70,6 +70,15 @@ class FastConnectionTests(ProtocolTestCase):
         self.assertLess(answers.index(b'"first"'), answers.index(b"Unknown operation"))
         self.assertIn(b"HTTP/1.1 404", answers)
 
+    def test_many_pipelined_answers_at_once(self) -> None:
+        """Thousands of pipelined requests whose answers are ready at once are all answered, in order, without recursing."""
+        count = 3000
+        self.protocol.dataReceived(b"".join(post(b'{"n":%d}' % n) for n in range(count)))
+        answers = self.transport.value()
+        self.assertEqual(answers.count(b"HTTP/1.1 200 OK\r\n"), count)
+        self.assertLess(answers.index(b'{"n":1}'), answers.index(b'{"n":2999}'))
+        self.assertEqual(len(self.invoker.calls), count)
+
     def test_connection_close(self) -> None:
         """Connection: close is honoured once the answer is written."""
         self.protocol.dataReceived(post(b"{}", b"Connection: close"))

@@ -5,13 +5,15 @@ the daemon starts, told they are provisioned, their first invocation warm.
 
 from __future__ import annotations
 
+import json
+
 from twisted.internet import reactor
 from twisted.trial.unittest import TestCase
 
 from lambdarapid.environment import State
 
 from .amqp_support import eventually
-from .runtimes import start_python
+from .runtimes import function_environ, start_python
 
 
 class ProvisionedTests(TestCase):
@@ -44,3 +46,20 @@ class ProvisionedTests(TestCase):
         [report] = [line for line in daemon.output.splitlines() if line.startswith(report_start)]
         self.assertNotIn(b"Init Duration", report)
         self.assertEqual(len(pool.environments), 2)
+
+    async def test_reported_as_provisioned(self) -> None:
+        """In JSON format the provisioned runtime's platform.initStart says initializationType provisioned-concurrency."""
+        daemon = await start_python(
+            self,
+            "handlers.echo",
+            function_environ(AWS_LAMBDA_LOG_FORMAT="JSON"),
+            PROVISIONED_CONCURRENCY=1,
+            PRINT_REPORTS=True,
+        )
+        await daemon.wait_for_output(b'"platform.initStart"', timeout=20)
+        [init] = [
+            json.loads(line)
+            for line in daemon.output.splitlines()
+            if b'"platform.initStart"' in line
+        ]
+        self.assertEqual(init["record"]["initializationType"], "provisioned-concurrency")
