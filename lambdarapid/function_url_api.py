@@ -44,7 +44,7 @@ from .invocation import (
 from .logs import observer
 from .observers import NO_INVOCATIONS, THROTTLED, TOO_LARGE, UNAVAILABLE, InvocationObserver
 from .streams import ResponseStream
-from .web import read_body
+from .request_body import read_body
 
 _REQUEST = InvocationType.REQUEST_RESPONSE
 

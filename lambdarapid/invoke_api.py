@@ -11,13 +11,11 @@ from __future__ import annotations
 import base64
 import re
 from urllib.parse import parse_qs, unquote
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 from twisted.internet.defer import CancelledError, Deferred
 from twisted.logger import Logger
 from twisted.python.failure import Failure
-from twisted.web.resource import Resource
-from twisted.web.server import NOT_DONE_YET, Request
 
 from . import errors, eventstream
 from .config import Function, function_arn
@@ -47,7 +45,10 @@ from .observers import (
     result_outcome,
 )
 from .streams import ResponseStream
-from .web import read_body
+from .request_body import read_body
+
+if TYPE_CHECKING:
+    from twisted.web.server import Request
 
 _JSON = b"application/json"
 _INVOCATION_TYPES = {kind.value: kind for kind in InvocationType}
@@ -143,9 +144,11 @@ class InvokeAPI:
 
     With a C{function} (the daemon) only that function, under its own name or
     the RIE's C{function}, is served; without one (the server) every name is
-    passed on and the invoker decides whether it exists. The invoke routes
-    are matched by L{InvokeAPIResource}; L{InvokeRoutes}' Klein app holds
-    every other route, and is made (Klein imported) at the first such request.
+    passed on and the invoker decides whether it exists. The invoke route is
+    matched by L{invoke_protocol.InvokeAPIProtocol}, and on a connection handed
+    to twisted.web by L{invoke_resource.InvokeAPIResource}; L{InvokeRoutes}'
+    Klein app holds every other route, and is made (Klein imported) at the
+    first such request.
     """
 
     log = Logger(observer=observer)
@@ -222,7 +225,7 @@ class InvokeAPI:
         """
         C{POST /2015-03-31/functions/{function_name}/invocations}, or with
         C{streaming} C{POST /2021-11-15/functions/{function_name}/response-streaming-invocations}:
-        the invoke routes' handler, reached through L{InvokeAPIResource}. Fires
+        the invoke routes' handler. Fires
         with the body to write, or None once a streamed answer is under way.
         """
         requests = self._requests
@@ -486,12 +489,10 @@ def _close_after(request: Any) -> None:
 
 _FUNCTIONS = b"/2015-03-31/functions/"
 _INVOCATIONS = b"/invocations"
-_STREAM_FUNCTIONS = b"/2021-11-15/functions/"
-_STREAM_INVOCATIONS = b"/response-streaming-invocations"
-_INVOKE_METHODS = [b"POST"]
 
 
-def _route_name(path: bytes, prefix: bytes, suffix: bytes) -> str | None:
+def route_name(path: bytes, prefix: bytes, suffix: bytes) -> str | None:
+    """The unquoted name between C{prefix} and C{suffix} in C{path}; None if it is not there."""
     if not (
         path.startswith(prefix)
         and path.endswith(suffix)
@@ -503,70 +504,9 @@ def _route_name(path: bytes, prefix: bytes, suffix: bytes) -> str | None:
 
 def invoke_route_name(path: bytes) -> str | None:
     """The function name in an invoke route's path; None for any other path."""
-    return _route_name(path, _FUNCTIONS, _INVOCATIONS)
-
-
-def _stream_route_name(path: bytes) -> str | None:
-    """The function name in InvokeWithResponseStream's path; None for any other path."""
-    return _route_name(path, _STREAM_FUNCTIONS, _STREAM_INVOCATIONS)
+    return route_name(path, _FUNCTIONS, _INVOCATIONS)
 
 
 def _header_value(headers: Any, name: bytes) -> str | None:
     values = headers.getRawHeaders(name)
     return values[0].decode("utf-8", "replace") if values else None
-
-
-class InvokeAPIResource(Resource):
-    """
-    The Invoke API as served: the invoke route, on every invocation's path, is
-    matched here, since Klein's routing costs ~60 us a request; every other
-    request goes to L{InvokeRoutes}' Klein app. Errors of both reach
-    L{InvokeAPI.error_answer}.
-    """
-
-    isLeaf = True
-
-    def __init__(self, api: InvokeAPI) -> None:
-        super().__init__()
-        self._api = api
-        self._app: Resource | None = None
-
-    def _routes(self) -> Resource:
-        """The Klein app of every other route, made at the first request for one."""
-        if self._app is None:
-            from .invoke_routes import InvokeRoutes
-
-            self._app = InvokeRoutes(self._api).app.resource()
-        return self._app
-
-    def refused(self, target: bytes, headers: Any) -> None:
-        """What L{QuietSite} calls when its channel answers 413 before any route."""
-        self._api.refused_by_channel(target, headers)
-
-    def render(self, request: Request) -> Any:
-        path = request.path
-        name = invoke_route_name(path)
-        streaming = False
-        if name is None and path.startswith(_STREAM_FUNCTIONS):
-            name, streaming = _stream_route_name(path), True
-        if name is None:
-            return self._routes().render(request)
-        try:
-            if request.method not in _INVOKE_METHODS:
-                raise errors.invoke_method_not_allowed(["POST"])
-            answer = self._api.invoke(request, name, streaming)
-        except Exception:
-            return self._api.error_answer(request, Failure()) or b""
-        # Fires early only if the caller hangs up; the invoker ignores the
-        # cancel: the invocation runs on, as on AWS.
-        finished = request.notifyFinish()
-        finished.addErrback(lambda _: answer.cancel())
-        answer.addErrback(self._api.error_answer_for, request)
-        answer.addCallback(self._write, request, finished)
-        return NOT_DONE_YET
-
-    @staticmethod
-    def _write(body: bytes | None, request: Request, finished: Deferred[None]) -> None:
-        if body is not None and not finished.called:
-            request.write(body)
-            request.finish()

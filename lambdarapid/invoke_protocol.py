@@ -16,7 +16,8 @@ every rule of that channel (its error answers, limits and timeouts) holds.
 from __future__ import annotations
 
 import re
-from typing import Any, cast
+from http import HTTPStatus
+from typing import TYPE_CHECKING, Any, Callable, cast
 from urllib.parse import parse_qs
 
 from twisted.internet.defer import Deferred
@@ -24,18 +25,22 @@ from twisted.internet.interfaces import IDelayedCall, ITCPTransport
 from twisted.internet.protocol import Protocol, ServerFactory, connectionDone
 from twisted.logger import Logger
 from twisted.python.failure import Failure
-from twisted.web.http import RESPONSES
-from twisted.web.server import Request
 
 from . import errors
 from .directwrite import DirectWriter
 from .httpdate import http_date
 from .invoke_api import InvokeAPI, invoke_route_name
+from .listener import IDLE_CONNECTION_TIMEOUT
 from .logs import observer
-from .web import IDLE_CONNECTION_TIMEOUT, QuietSite
+
+if TYPE_CHECKING:
+    from twisted.internet.protocol import Factory
+    from twisted.web.server import Request
 
 _PREFIX = b"POST /2015-03-31/functions/"
 _HEAD_END = b"\r\n\r\n"
+#: Each status line's reason phrase.
+_REASONS = {status.value: status.phrase.encode("ascii") for status in HTTPStatus}
 #: A request line this parser takes: the invoke route, HTTP/1.1.
 _REQUEST_LINE = re.compile(rb"POST (/2015-03-31/functions/[^ /?]+/invocations(?:\?[^ ]*)?) HTTP/1\.1")
 #: A header name it takes (a token).
@@ -99,8 +104,9 @@ class InvokeAPIProtocol(Protocol):
 
     log = Logger(observer=observer)
 
-    def __init__(self, api: InvokeAPI, site: QuietSite, address: Any, clock: Any) -> None:
+    def __init__(self, api: InvokeAPI, site: Callable[[], Factory[Any]], address: Any, clock: Any) -> None:
         self._api = api
+        #: The twisted.web site this connection is handed to, when it is.
         self._site = site
         self._address = address
         self._clock = clock
@@ -206,7 +212,7 @@ class InvokeAPIProtocol(Protocol):
         api = self._api
         name = invoke_route_name(request.path)
         assert name is not None  # the request line matched the route
-        twisted_request = cast(Request, request)  # the subset of a Request InvokeAPI uses
+        twisted_request = cast("Request", request)  # the subset of a Request InvokeAPI uses
         try:
             answer = api.invoke(twisted_request, name)
         except Exception:
@@ -239,7 +245,7 @@ class InvokeAPIProtocol(Protocol):
             return
         code = request.code
         head = [
-            b"HTTP/1.1 %d %s\r\n" % (code, RESPONSES.get(code, b"Unknown")),
+            b"HTTP/1.1 %d %s\r\n" % (code, _REASONS.get(code, b"Unknown")),
             b"Date: " + http_date(self._clock.seconds()) + b"\r\n",
         ]
         for name, values in request.responseHeaders.values.items():
@@ -258,7 +264,7 @@ class InvokeAPIProtocol(Protocol):
 
     def _hand_over(self) -> None:
         """From the buffered request on, the connection is twisted.web's."""
-        channel = self._site.buildProtocol(self._address)
+        channel = self._site().buildProtocol(self._address)
         assert channel is not None and self.transport is not None
         self._writer.foreign_producer()
         if self._idle_timer is not None and self._idle_timer.active():
@@ -316,20 +322,34 @@ def _parse_head(head: bytes) -> tuple[bytes, dict[bytes, bytes], int, bool] | No
 class InvokeAPIFactory(ServerFactory):
     """
     The Invoke API's listener: L{InvokeAPIProtocol} connections, which hand
-    whatever is not an invoke request to C{site} (the L{InvokeAPIResource}).
+    whatever is not an invoke request to C{site}, by default
+    L{invoke_resource.invoke_site}'s, made (twisted.web imported) at the
+    first connection handed over.
     """
 
     noisy = False
 
-    def __init__(self, api: InvokeAPI, site: QuietSite, clock: Any) -> None:
+    def __init__(self, api: InvokeAPI, clock: Any, site: Factory[Any] | None = None) -> None:
         self._api = api
-        self.site = site
         self._clock = clock
+        self._site_made = site
 
     def logPrefix(self) -> str:
         return "Invoke API"
 
+    @property
+    def site(self) -> Factory[Any]:
+        """The twisted.web site of the handed-over connections."""
+        if self._site_made is None:
+            from .invoke_resource import invoke_site
+
+            self._site_made = invoke_site(self._api, self._clock)
+        return self._site_made
+
+    def _site(self) -> Factory[Any]:
+        return self.site
+
     def buildProtocol(self, addr: Any) -> InvokeAPIProtocol:
-        protocol = InvokeAPIProtocol(self._api, self.site, addr, self._clock)
+        protocol = InvokeAPIProtocol(self._api, self._site, addr, self._clock)
         protocol.factory = self
         return protocol

@@ -25,7 +25,7 @@ from zope.interface import provider
 
 from . import __version__, logs
 from .output import OutputWriter
-from .web import listen_error_line
+from .listener import listen_error_line
 
 #: prctl(2)'s option controlling core dumps and ownership of /proc/<pid> files.
 PR_SET_DUMPABLE = 4

@@ -17,13 +17,13 @@ from twisted.logger import Logger
 
 from . import errors, logs
 from .config import ConfigError, RapidConfig, endpoint_description, rapid_config
-from .invoke_api import InvokeAPI, InvokeAPIResource
+from .invoke_api import InvokeAPI
 from .invoke_protocol import InvokeAPIFactory
 from .observers import NO_INVOCATIONS
 from .pool import Pool
 from .output import stdout_writer
 from .program import ProgramOptions, ProgramService, hide_environment
-from .web import ListenerService, QuietSite, bounded_request, metrics_listener
+from .listener import ListenerService
 
 if TYPE_CHECKING:
     # What only some settings need is imported when they are set: a daemon
@@ -266,6 +266,8 @@ def make_rapid_service(
         # and its thread pool: made here, in the wiring, and nowhere else.
         from prometheus_client.twisted import MetricsResource
 
+        from .web import metrics_listener
+
         service.metrics_listener = metrics_listener(
             reactor,
             endpoint_description(config.invoke_host, config.metrics_port),
@@ -281,18 +283,16 @@ def make_rapid_service(
         ready=service.ready,
         invocations=observer,
     )
-    site = QuietSite(
-        InvokeAPIResource(invoke_api), bounded_request(errors.MAX_SYNC_PAYLOAD), reactor
-    )
     service.listener = ListenerService(
         reactor,
         endpoint_description(config.invoke_host, config.port),
-        InvokeAPIFactory(invoke_api, site, reactor),
+        InvokeAPIFactory(invoke_api, reactor),
         "Invoke API",
     )
     service.listener.setServiceParent(service)
     if config.function_url_port is not None:
         from .function_url_api import FunctionURLResource, too_large as url_too_large
+        from .web import QuietSite, bounded_request
 
         url = FunctionURLResource(
             pool,

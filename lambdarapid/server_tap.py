@@ -7,7 +7,7 @@ function name in the URL is the routing key, RabbitMQ is the router.
 from __future__ import annotations
 
 import os
-from typing import Any, Mapping
+from typing import TYPE_CHECKING, Any, Mapping
 
 from twisted.application.service import MultiService
 
@@ -16,13 +16,14 @@ from .amqp.connection import AMQPConnectionService
 from .amqp.invoker import AMQPInvoker
 from .amqp.parameters import parse_amqp_uri
 from .config import ConfigError, ServerConfig, endpoint_description, server_config
-from .function_url_api import FunctionURLResource, too_large as url_too_large
-from .invoke_api import InvokeAPI, InvokeAPIResource
+from .invoke_api import InvokeAPI
 from .invoke_protocol import InvokeAPIFactory
-from .metrics import ServerMetrics
+from .listener import ListenerService
 from .output import stdout_writer
 from .program import ProgramOptions, ProgramService
-from .web import ListenerService, QuietSite, bounded_request, metrics_listener
+
+if TYPE_CHECKING:
+    from .metrics import ServerMetrics
 
 SYNOPSIS = "[OPTIONS]"
 
@@ -102,6 +103,9 @@ def make_server_service(config: ServerConfig, reactor: Any) -> ServerService:
         # A WSGIResource on the global reactor's thread pool: made here only.
         from prometheus_client.twisted import MetricsResource
 
+        from .metrics import ServerMetrics
+        from .web import metrics_listener
+
         service.metrics = ServerMetrics()
         service.metrics_listener = metrics_listener(
             reactor,
@@ -118,17 +122,17 @@ def make_server_service(config: ServerConfig, reactor: Any) -> ServerService:
     if service.metrics is not None:
         service.metrics.watch(lambda: invoker.pending, lambda: connection.connected)
     invoke_api = InvokeAPI(invoker, reactor, region=config.region, requests=service.metrics)
-    site = QuietSite(
-        InvokeAPIResource(invoke_api), bounded_request(errors.MAX_SYNC_PAYLOAD), reactor
-    )
     service.listener = ListenerService(
         reactor,
         endpoint_description(config.invoke_host, config.port),
-        InvokeAPIFactory(invoke_api, site, reactor),
+        InvokeAPIFactory(invoke_api, reactor),
         "Invoke API",
     )
     service.listener.setServiceParent(service)
     if config.function_url_port is not None:
+        from .function_url_api import FunctionURLResource, too_large as url_too_large
+        from .web import QuietSite, bounded_request
+
         urls = FunctionURLResource(
             invoker,
             reactor,

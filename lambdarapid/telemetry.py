@@ -14,7 +14,7 @@ from __future__ import annotations
 import json
 from collections import deque
 from dataclasses import dataclass
-from typing import Any, Callable, Iterable
+from typing import TYPE_CHECKING, Any, Callable, Iterable
 from urllib.parse import urlsplit
 
 import orjson
@@ -25,9 +25,11 @@ from twisted.internet.interfaces import IConsumer, IDelayedCall, ITransport
 from twisted.internet.protocol import Factory, Protocol, connectionDone
 from twisted.logger import Logger
 from twisted.python.failure import Failure
-from twisted.web.client import Agent, HTTPConnectionPool, _HTTP11ClientFactory, readBody
 from twisted.web.http_headers import Headers
 from twisted.web.iweb import IAgent, IBodyProducer
+
+if TYPE_CHECKING:
+    from twisted.web.client import HTTPConnectionPool
 from zope.interface import implementer
 
 from . import errors
@@ -472,6 +474,8 @@ class _Subscriber:
             b"POST", self.subscription.uri, headers, _BytesProducer(body)
         )
         # Read the answer to its end so that the pool can reuse the connection.
+        from twisted.web.client import readBody
+
         await readBody(response)
         if not 200 <= response.code < 300:
             raise _Refused(response.code)
@@ -540,17 +544,6 @@ class _Backlog:
         self._size += size
 
 
-class _QuietClientFactory(_HTTP11ClientFactory):
-    """
-    The pool's connection factory, without its "Starting factory" lines: a
-    subscriber that closes its connections (Python's http.server does, as the
-    AWS samples' listeners are) would get two log lines per batch. The pool
-    takes its factory class from this private attribute; treq does the same.
-    """
-
-    noisy = False
-
-
 class TelemetryHub:
     """
     The subscriptions of one execution environment's extensions, and the
@@ -573,9 +566,9 @@ class TelemetryHub:
     def _client(self) -> IAgent:
         """The HTTP client the subscribers deliver with, one persistent pool for them all."""
         if self._agent is None:
-            self._pool = HTTPConnectionPool(self._reactor, persistent=True)
-            self._pool._factory = _QuietClientFactory
-            self._agent = Agent(self._reactor, pool=self._pool)
+            from .telemetry_client import delivery_agent
+
+            self._pool, self._agent = delivery_agent(self._reactor)
         return self._agent
 
     @property

@@ -406,7 +406,7 @@ class ScriptTests(CommandTests, TestCase):
         self.assertTrue(all(isinstance(record, dict) for record in records))
         listening = [r for r in records if "Invoke API listening" in r.get("message", "")]
         self.assertEqual(listening[0]["level"], "INFO")
-        self.assertEqual(listening[0]["logger"], "lambdarapid.web.ListenerService")
+        self.assertEqual(listening[0]["logger"], "lambdarapid.listener.ListenerService")
         kinds = [r["type"] for r in records if "type" in r]
         self.assertEqual(kinds, ["platform.initStart", "platform.start", "platform.report"])
 

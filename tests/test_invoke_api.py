@@ -31,9 +31,8 @@ from lambdarapid.invocation import (
     ServiceUnavailable,
     TooManyRequests,
 )
-from lambdarapid.invoke_api import InvokeAPI, InvokeAPIResource, split_function_name
+from lambdarapid.invoke_api import InvokeAPI, split_function_name
 from lambdarapid.invoke_protocol import InvokeAPIFactory
-from lambdarapid.web import QuietSite, bounded_request
 
 from .fakes import InMemoryHTTP, Reply
 
@@ -103,8 +102,7 @@ class InvokeAPITestCase(SynchronousTestCase):
         )
         # As served: invoke requests on the fast connection, the rest handed to
         # the site (the hot route below Klein, the rest through the Klein app).
-        site = QuietSite(InvokeAPIResource(api), bounded_request(errors.MAX_SYNC_PAYLOAD))
-        self.http = InMemoryHTTP(InvokeAPIFactory(api, site, self.clock))
+        self.http = InMemoryHTTP(InvokeAPIFactory(api, self.clock))
 
     def post(
         self,
@@ -311,8 +309,7 @@ class NameTests(InvokeAPITestCase):
         """The daemon serves exactly the names and qualifiers Function.serves takes (as the AMQP consumer decides)."""
         function = Function(name="echo", version="7")
         api = InvokeAPI(self.invoker, self.clock, function)
-        site = QuietSite(InvokeAPIResource(api), bounded_request(errors.MAX_SYNC_PAYLOAD))
-        http = InMemoryHTTP(InvokeAPIFactory(api, site, self.clock))
+        http = InMemoryHTTP(InvokeAPIFactory(api, self.clock))
         for name, qualifier in (
             ("echo", None), ("echo", "$LATEST"), ("echo", "7"), ("function", "7"),
             ("echo", "8"), ("other", None), ("function", "prod"),

@@ -24,9 +24,11 @@ from twisted.trial.unittest import SynchronousTestCase, TestCase
 from lambdarapid import errors
 from lambdarapid.config import Function
 from lambdarapid.invocation import ServiceUnavailable
-from lambdarapid.invoke_api import InvokeAPI, InvokeAPIResource
+from lambdarapid.invoke_api import InvokeAPI
+from lambdarapid.invoke_resource import InvokeAPIResource
 from lambdarapid.invoke_protocol import InvokeAPIFactory
-from lambdarapid.web import IDLE_CONNECTION_TIMEOUT, QuietSite, bounded_request
+from lambdarapid.listener import IDLE_CONNECTION_TIMEOUT
+from lambdarapid.web import QuietSite, bounded_request
 
 from .runtimes import start_python
 from .test_invoke_api import FakeInvoker
@@ -104,7 +106,7 @@ class RawSiteTestCase(TestCase):
         api = InvokeAPI(self.invoker, reactor, self.function)
         self.site = QuietSite(InvokeAPIResource(api), bounded_request(errors.MAX_SYNC_PAYLOAD))
         self.port = reactor.listenTCP(  # type: ignore[attr-defined,arg-type]
-            0, InvokeAPIFactory(api, self.site, reactor), interface="127.0.0.1"
+            0, InvokeAPIFactory(api, reactor, self.site), interface="127.0.0.1"
         )
         self.addCleanup(self.port.stopListening)
 
@@ -310,7 +312,7 @@ class TimeoutTests(SynchronousTestCase):
         api = InvokeAPI(FakeInvoker(), clock, Function(name="echo"))
         site = QuietSite(InvokeAPIResource(api), bounded_request(errors.MAX_SYNC_PAYLOAD), clock)
         # As served: the invoke route's connection, handing the rest to the site's channel.
-        factory = InvokeAPIFactory(api, site, clock)
+        factory = InvokeAPIFactory(api, clock, site)
         channel = factory.buildProtocol(IPv4Address("TCP", "127.0.0.1", 40000))
         transport = StringTransport()
         channel.makeConnection(transport)

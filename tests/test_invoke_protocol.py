@@ -15,13 +15,12 @@ from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
 from twisted.trial.unittest import SynchronousTestCase
 
-from lambdarapid import errors
 from lambdarapid.config import Function
 from lambdarapid.directwrite import DirectWriter
 from lambdarapid.invocation import Outcome, Result
-from lambdarapid.invoke_api import InvokeAPI, InvokeAPIResource
+from lambdarapid.invoke_api import InvokeAPI
 from lambdarapid.invoke_protocol import InvokeAPIFactory, InvokeAPIProtocol
-from lambdarapid.web import IDLE_CONNECTION_TIMEOUT, QuietSite, bounded_request
+from lambdarapid.listener import IDLE_CONNECTION_TIMEOUT
 
 from .test_invoke_api import FakeInvoker
 
@@ -38,8 +37,7 @@ class ProtocolTestCase(SynchronousTestCase):
         self.clock = Clock()
         self.invoker = FakeInvoker()
         api = InvokeAPI(self.invoker, self.clock, Function(name="echo"))
-        site = QuietSite(InvokeAPIResource(api), bounded_request(errors.MAX_SYNC_PAYLOAD), self.clock)
-        self.protocol = InvokeAPIFactory(api, site, self.clock).buildProtocol(
+        self.protocol = InvokeAPIFactory(api, self.clock).buildProtocol(
             IPv4Address("TCP", "127.0.0.1", 40000)
         )
         self.transport = StringTransport()

@@ -35,10 +35,9 @@ from lambdarapid.invocation import (
 from lambdarapid import errors
 from lambdarapid.amqp.consumer import RPCConsumer
 from lambdarapid.config import Function
-from lambdarapid.invoke_api import InvokeAPI, InvokeAPIResource
+from lambdarapid.invoke_api import InvokeAPI
 from lambdarapid.invoke_protocol import InvokeAPIFactory
 from lambdarapid.metrics import DaemonMetrics, ServerMetrics
-from lambdarapid.web import QuietSite, bounded_request
 from lambdarapid.pool import Pool
 from lambdarapid.testing import RunningDaemon, free_port
 
@@ -339,8 +338,7 @@ class InvokeAPIRecordingTests(SynchronousTestCase):
         self.recorder = DaemonMetrics("echo")
         clock = Clock()
         api = InvokeAPI(self.invoker, clock, Function(name="echo"), invocations=self.recorder)
-        site = QuietSite(InvokeAPIResource(api), bounded_request(errors.MAX_SYNC_PAYLOAD))
-        self.http = InMemoryHTTP(InvokeAPIFactory(api, site, clock))
+        self.http = InMemoryHTTP(InvokeAPIFactory(api, clock))
 
     def post(self, kind: str = "RequestResponse", body: bytes = b"{}", name: str = "echo") -> int:
         reply = self.successResultOf(

@@ -26,7 +26,7 @@ from lambdarapid.output import OutputWriter
 from lambdarapid.rapid_tap import make_rapid_service, rie_options
 from lambdarapid.server_tap import make_server_service
 from lambdarapid.testing import free_port, free_port_block
-from lambdarapid.web import ListenerService
+from lambdarapid.listener import ListenerService
 
 from .fakes import make_config
 
