@@ -8,7 +8,9 @@ memory; the only TLS these programs ever speak is an C{amqps://} broker. So,
 unless C{AMQP_URI} asks for one, they tell Python there is no pyOpenSSL before
 Twisted is imported, and Twisted runs without TLS (docs/architecture.md,
 "Cold start and memory"). The twistd plugins, whose reactor twistd imports
-first, keep TLS either way. The programs themselves are L{lambdarapid.console}'s.
+first, keep TLS either way. The scripts also install their own reactor
+(L{lambdarapid.reactor}) before anything else can install Twisted's default.
+The programs themselves are L{lambdarapid.console}'s.
 """
 
 from __future__ import annotations
@@ -31,9 +33,20 @@ def leave_out_tls(environ: Mapping[str, str], modules: MutableMapping[str, Any])
     return True
 
 
+def install_reactor() -> None:
+    """
+    The reactor the scripts run on (L{lambdarapid.reactor}), installed before
+    anything imports the global reactor (pika's Twisted adapter does, at import).
+    """
+    from .reactor import install
+
+    install()
+
+
 def rapid(argv: Sequence[str] | None = None) -> None:
     """C{lambda-rapid [RUNTIME_COMMAND ...]}: a drop-in for C{aws-lambda-rie}."""
     leave_out_tls(os.environ, sys.modules)
+    install_reactor()
     from . import rapid_tap
     from .console import run
 
@@ -43,6 +56,7 @@ def rapid(argv: Sequence[str] | None = None) -> None:
 def server(argv: Sequence[str] | None = None) -> None:
     """C{lambda-server}: the Invoke API for every function, over AMQP-RPC."""
     leave_out_tls(os.environ, sys.modules)
+    install_reactor()
     from . import server_tap
     from .console import run
 
