@@ -28,6 +28,7 @@ from twisted.python.failure import Failure
 
 from . import errors
 from .directwrite import DirectWriter
+from .http1 import HEAD_END, parse_head
 from .httpdate import http_date
 from .invoke_api import InvokeAPI, invoke_route_name
 from .listener import IDLE_CONNECTION_TIMEOUT
@@ -38,17 +39,10 @@ if TYPE_CHECKING:
     from twisted.web.server import Request
 
 _PREFIX = b"POST /2015-03-31/functions/"
-_HEAD_END = b"\r\n\r\n"
 #: Each status line's reason phrase.
 _REASONS = {status.value: status.phrase.encode("ascii") for status in HTTPStatus}
 #: A request line this parser takes: the invoke route, HTTP/1.1.
 _REQUEST_LINE = re.compile(rb"POST (/2015-03-31/functions/[^ /?]+/invocations(?:\?[^ ]*)?) HTTP/1\.1")
-#: A header name it takes (a token).
-_TOKEN = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
-#: What no head it takes holds once its CRLFs are gone: control characters (a bare CR or LF too).
-_CONTROL = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]")
-#: Headers whose presence sends the request to twisted.web (framing this parser does not do).
-_HANDED_OVER = frozenset({b"transfer-encoding", b"expect", b"upgrade"})
 
 
 class _Headers:
@@ -187,16 +181,17 @@ class InvokeAPIProtocol(Protocol):
                 if not buffer.startswith(_PREFIX[: len(buffer)]):
                     self._hand_over()
                     return
-                end = buffer.find(_HEAD_END)
+                end = buffer.find(HEAD_END)
                 if end < 0:
                     if len(buffer) > errors.MAX_REQUEST_HEAD or b"\n" in buffer.replace(b"\r\n", b""):
                         self._hand_over()  # twisted.web answers what is wrong with it
                     return
-                parsed = _parse_head(buffer[:end])
+                parsed = parse_head(buffer[:end], _REQUEST_LINE, errors.MAX_SYNC_PAYLOAD)
                 if parsed is None:
-                    self._hand_over()
+                    self._hand_over()  # twisted.web serves it, or answers what is wrong with it
                     return
-                head = self._head = (*parsed, end + len(_HEAD_END))
+                line, headers, length, keep_alive = parsed
+                head = self._head = (line.group(1), headers, length, keep_alive, end + len(HEAD_END))
             uri, headers, length, keep_alive, body_start = head
             if self._size < body_start + length:
                 return  # the rest of the body is still to come: kept in pieces until then
@@ -289,34 +284,6 @@ class InvokeAPIProtocol(Protocol):
             return
         delay = IDLE_CONNECTION_TIMEOUT - idle if self._waiting is None else IDLE_CONNECTION_TIMEOUT
         self._idle_timer = self._clock.callLater(max(delay, 0.001), self._check_idle)
-
-
-def _parse_head(head: bytes) -> tuple[bytes, dict[bytes, bytes], int, bool] | None:
-    """
-    The target, headers, body length and keep-alive of an invoke request's
-    head; None when it is anything this parser leaves to twisted.web.
-    """
-    lines = head.split(b"\r\n")
-    matched = _REQUEST_LINE.fullmatch(lines[0])
-    if matched is None or _CONTROL.search(head.replace(b"\r\n", b"")) is not None:
-        return None  # a bare CR or LF, a control character: twisted.web's to answer
-    headers: dict[bytes, bytes] = {}
-    for line in lines[1:]:
-        raw_name, colon, value = line.partition(b":")
-        if not colon or _TOKEN.fullmatch(raw_name) is None:
-            return None  # no colon, obs-fold, a bad name: twisted.web's to answer
-        name = raw_name.lower()
-        if name in headers or name in _HANDED_OVER:
-            return None  # a repeated header (two lengths, say) or framing not done here
-        headers[name] = value.strip(b" \t")
-    raw_length = headers.get(b"content-length", b"0")
-    if not raw_length.isdigit() or len(raw_length) > 9:
-        return None
-    length = int(raw_length)
-    if length > errors.MAX_SYNC_PAYLOAD:
-        return None  # twisted.web's 413 (counted, answered at once, the rest dropped)
-    keep_alive = headers.get(b"connection", b"").lower() != b"close"
-    return matched.group(1), headers, length, keep_alive
 
 
 class InvokeAPIFactory(ServerFactory):

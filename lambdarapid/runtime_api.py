@@ -33,6 +33,7 @@ from twisted.python.failure import Failure
 
 from . import errors
 from .directwrite import DirectWriter
+from .http1 import HEAD_END, parse_head
 from .httpdate import http_date
 from .invocation import Invocation, Outcome
 from .streams import MAX_STREAMED_RESPONSE, ResponseStream
@@ -68,6 +69,8 @@ _ERROR_TYPE = b"lambda-runtime-function-error-type"
 _ERROR_BODY = b"lambda-runtime-function-error-body"
 _RESPONSE_MODE = b"lambda-runtime-function-response-mode"
 _RESPONSE_MODES = (b"buffered", b"streaming")
+#: The request lines L{http1.parse_head} takes here; any other goes to llhttp.
+_REQUEST_LINE = re.compile(rb"(GET|POST) (/[!-~]*) HTTP/1\.1")
 
 _REASONS = {
     200: b"OK",
@@ -397,6 +400,8 @@ class RuntimeAPIProtocol(Protocol):
         self._writer: DirectWriter
         #: Whether L{_serve} is on the stack (an answer ready at once must not recurse into it).
         self._serving = False
+        #: Set by a request with C{Connection: close}: whatever follows it is not read.
+        self._last_read = False
 
     # httptools callbacks
 
@@ -491,8 +496,13 @@ class RuntimeAPIProtocol(Protocol):
         self._writer = DirectWriter(self.transport)
 
     def dataReceived(self, data: bytes) -> None:
-        if self._closing:
+        if self._closing or self._last_read:
             return
+        if self._in_head and not self._head_fed:
+            data = self._take_whole(data)
+            if not data:
+                self._serve()
+                return
         try:
             self._feed(memoryview(data))
         except httptools.HttpParserUpgrade:
@@ -506,6 +516,35 @@ class RuntimeAPIProtocol(Protocol):
         except _HeadTooLarge as error:
             self._head_too_large(error.status)
         self._serve()
+
+    def _take_whole(self, data: bytes) -> bytes:
+        """
+        Queue the whole, plain requests at the front of C{data} (between two
+        requests: the parser holds nothing), parsed by L{http1.parse_head}
+        without a callback per header; return what is left for the parser,
+        from the first request that is not one of those (or not all here).
+        """
+        while data:
+            end = data.find(HEAD_END)
+            if end < 0 or end > errors.MAX_REQUEST_HEAD:
+                return data
+            parsed = parse_head(data[:end], _REQUEST_LINE, self._max_body)
+            if parsed is None:
+                return data
+            line, headers, length, keep_alive = parsed
+            start = end + len(HEAD_END)
+            if len(data) < start + length or _RESPONSE_MODE in headers:
+                return data  # a body still to come, or a stream: the parser's
+            path = line.group(2).partition(b"?")[0]
+            self._requests.append(
+                _Request(line.group(1), path, headers, data[start : start + length], keep_alive)
+            )
+            self._completed += 1
+            if not keep_alive:
+                self._last_read = True  # the client said this was its last request
+                return b""
+            data = data[start + length :]
+        return data
 
     def _feed(self, data: memoryview) -> None:
         """

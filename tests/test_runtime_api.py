@@ -482,6 +482,68 @@ class RawHTTPTests(RawConnectionTestCase):
         self.assertIn(b"Connection: close", transport.value())
         self.assertTrue(transport.disconnecting)
 
+    def test_plain_and_chunked_requests_interleave(self) -> None:
+        """
+        Plain requests (parsed whole) and a chunked one (parsed by llhttp), in
+        one read and the next, are answered in order on one connection.
+        """
+        first, result = self.invoke(payload=b'{"n":1}')
+        protocol, transport = self.connect()
+        protocol.dataReceived(
+            b"GET " + NEXT.encode() + b" HTTP/1.1\r\nHost: x\r\n\r\n"
+            b"POST " + response_path(first.request_id).encode() + b" HTTP/1.1\r\nHost: x\r\n"
+            b"Transfer-Encoding: chunked\r\n\r\n2\r\n\"a\r\n1\r\n\"\r\n0\r\n\r\n"
+            b"GET /nope HTTP/1.1\r\nHost: x\r\n\r\n"
+        )
+        self.assertEqual(self.successResultOf(result).body, b'"a"')
+        second, result = self.invoke(payload=b'{"n":2}')
+        protocol.dataReceived(
+            b"GET " + NEXT.encode() + b" HTTP/1.1\r\nHost: x\r\n\r\n"
+            b"POST " + response_path(second.request_id).encode() + b" HTTP/1.1\r\nHost: x\r\n"
+            b"Content-Length: 3\r\n\r\n\"b\""
+        )
+        self.assertEqual(self.successResultOf(result).body, b'"b"')
+        self.assertEqual(
+            [status for status, _ in self.responses(transport)], [200, 202, 404, 200, 202]
+        )
+
+    def test_head_split_across_reads(self) -> None:
+        """A head that arrives in two reads is served, and so is a whole request after it."""
+        invocation, result = self.invoke(payload=b'"event"')
+        protocol, transport = self.connect()
+        protocol.dataReceived(b"GET " + NEXT.encode() + b" HTTP/1.1\r\nHo")
+        protocol.dataReceived(b"st: x\r\n\r\n")
+        protocol.dataReceived(
+            b"POST " + response_path(invocation.request_id).encode() + b" HTTP/1.1\r\n"
+            b"Content-Length: 4\r\n\r\n"
+        )
+        protocol.dataReceived(b'"ok"')
+        self.assertEqual(self.responses(transport), [(200, b'"event"'), (202, b'{"status":"OK"}')])
+        self.assertEqual(self.successResultOf(result).body, b'"ok"')
+
+    def test_repeated_content_length_is_400(self) -> None:
+        """Two Content-Length headers are malformed framing: 400, and the connection is closed."""
+        invocation, _ = self.invoke()
+        protocol, transport = self.connect()
+        protocol.dataReceived(b"GET " + NEXT.encode() + b" HTTP/1.1\r\nHost: x\r\n\r\n")
+        protocol.dataReceived(
+            b"POST " + response_path(invocation.request_id).encode() + b" HTTP/1.1\r\n"
+            b"Content-Length: 4\r\nContent-Length: 4\r\n\r\n\"ok\""
+        )
+        self.assertEqual(self.responses(transport)[-1][0], 400)
+        self.assertTrue(transport.disconnecting)
+
+    def test_nothing_is_read_after_connection_close(self) -> None:
+        """What follows a request with Connection: close in the same read is not served."""
+        self.invoke()
+        protocol, transport = self.connect()
+        protocol.dataReceived(
+            b"GET /nope HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+            b"GET " + NEXT.encode() + b" HTTP/1.1\r\nHost: x\r\n\r\n"
+        )
+        self.assertEqual([status for status, _ in self.responses(transport)], [404])
+        self.assertTrue(transport.disconnecting)
+
     def test_wrong_method_is_405(self) -> None:
         """A known route with the wrong method is 405, and the connection stays usable."""
         self.invoke()

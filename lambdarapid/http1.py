@@ -1,0 +1,63 @@
+"""
+The minimal HTTP/1.1 request-head parser both fast protocols share.
+
+Nearly every request either API gets is one of a few shapes: an invoke
+C{POST}, the runtime's C{GET next} and C{POST response}, well formed and
+framed by C{Content-Length}. L{parse_head} takes exactly those, with a few
+C-level scans and no call per header. Whatever else comes (another method
+or version, chunked or C{Expect}, a repeated or malformed header, a control
+character, a body over the limit) it declines with None, and the protocol
+hands the request, unread, to its full parser (twisted.web's channel for the
+Invoke API, llhttp for the Runtime API), which serves or refuses it as ever.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Dict, Tuple
+
+HEAD_END = b"\r\n\r\n"
+
+#: A header name (a token).
+_TOKEN = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
+#: What no head taken here holds once its CRLFs are gone: control characters (a bare CR or LF too).
+_CONTROL = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]")
+#: Headers that frame (or switch) the connection in ways this parser does not.
+_DECLINED = frozenset({b"transfer-encoding", b"expect", b"upgrade"})
+
+
+#: What L{parse_head} took: the request line's match of the caller's pattern
+#: (its groups: method, target...), the headers (names lower-cased, values
+#: stripped), the body's length (C{Content-Length}, else 0), and False when
+#: the client asked to close the connection after this request. A plain
+#: tuple: it is made for every request.
+Head = Tuple["re.Match[bytes]", Dict[bytes, bytes], int, bool]
+
+
+def parse_head(head: bytes, request_line: re.Pattern[bytes], max_body: int) -> Head | None:
+    """
+    C{head} (the bytes before L{HEAD_END}) parsed, if its request line matches
+    C{request_line} and its body is at most C{max_body} bytes; None for
+    anything to leave to a full parser.
+    """
+    lines = head.split(b"\r\n")
+    line = request_line.fullmatch(lines[0])
+    if line is None or _CONTROL.search(head.replace(b"\r\n", b"")) is not None:
+        return None  # a bare CR or LF, a control character: the full parser's to answer
+    headers: dict[bytes, bytes] = {}
+    for raw in lines[1:]:
+        raw_name, colon, value = raw.partition(b":")
+        if not colon or _TOKEN.fullmatch(raw_name) is None:
+            return None  # no colon, obs-fold, a bad name
+        name = raw_name.lower()
+        if name in headers or name in _DECLINED:
+            return None  # a repeated header (two lengths, say), or framing not done here
+        headers[name] = value.strip(b" \t")
+    raw_length = headers.get(b"content-length", b"0")
+    if not raw_length.isdigit() or len(raw_length) > 9:
+        return None
+    length = int(raw_length)
+    if length > max_body:
+        return None  # the full parser's limit answer
+    keep_alive = headers.get(b"connection", b"").lower() != b"close"
+    return line, headers, length, keep_alive
