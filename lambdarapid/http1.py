@@ -20,8 +20,13 @@ HEAD_END = b"\r\n\r\n"
 
 #: A header name (a token).
 _TOKEN = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
-#: What no head taken here holds once its CRLFs are gone: control characters (a bare CR or LF too).
-_CONTROL = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]")
+#: Every byte a head taken here may hold: tab, printable ASCII, obs-text, and
+#: CR and LF (which must come as CRLF pairs).
+_ALLOWED = bytes([0x09, 0x0A, 0x0D, *range(0x20, 0x7F), *range(0x80, 0x100)])
+#: Header names already checked, and their lower-case forms: a client sends
+#: the same few on every request. Bounded, so that no client can grow it.
+_NAMES: dict[bytes, bytes] = {}
+_MAX_NAMES = 512
 #: Headers that frame (or switch) the connection in ways this parser does not.
 _DECLINED = frozenset({b"transfer-encoding", b"expect", b"upgrade"})
 
@@ -40,16 +45,26 @@ def parse_head(head: bytes, request_line: re.Pattern[bytes], max_body: int) -> H
     C{request_line} and its body is at most C{max_body} bytes; None for
     anything to leave to a full parser.
     """
+    crlf = head.count(b"\r\n")
+    if head.translate(None, _ALLOWED) or head.count(b"\r") != crlf or head.count(b"\n") != crlf:
+        return None  # a control character, a bare CR or LF: the full parser's to answer
     lines = head.split(b"\r\n")
     line = request_line.fullmatch(lines[0])
-    if line is None or _CONTROL.search(head.replace(b"\r\n", b"")) is not None:
-        return None  # a bare CR or LF, a control character: the full parser's to answer
+    if line is None:
+        return None
     headers: dict[bytes, bytes] = {}
+    names = _NAMES
     for raw in lines[1:]:
         raw_name, colon, value = raw.partition(b":")
-        if not colon or _TOKEN.fullmatch(raw_name) is None:
-            return None  # no colon, obs-fold, a bad name
-        name = raw_name.lower()
+        name = names.get(raw_name)
+        if name is None:
+            if not colon or _TOKEN.fullmatch(raw_name) is None:
+                return None  # no colon, obs-fold, a bad name
+            name = raw_name.lower()
+            if len(names) < _MAX_NAMES:
+                names[raw_name] = name
+        elif not colon:
+            return None
         if name in headers or name in _DECLINED:
             return None  # a repeated header (two lengths, say), or framing not done here
         headers[name] = value.strip(b" \t")
