@@ -2,18 +2,24 @@
 """
 A against B: two lambda-rapid builds (say, main and a change), the same echo
 function, measured in one run, in turns, so that the machine's noise falls
-on both alike.
+on both alike. An optional third build C (--c) is measured in the same turns:
+typically a reference implementation, e.g. the upstream Go daemon built beside
+the project (never committed), whose daemon takes the same environment and
+runtime argv and whose lambda-server sits in the same directory.
 
 Each point (MAX_CONCURRENCY:connections) starts one daemon of each build,
-warms both, then runs wrk on A, B, A, B ... --rounds times each; the figures
-are the medians of req/s and of the daemon process's CPU per invocation
-(/proc, the runtimes apart), and B/A ratios. Cold start (process start ->
-first 200) and RSS after --rss-invocations are measured the same way, in turns.
+warms them, then runs wrk on A, B[, C], A, B[, C] ... --rounds times each; the
+figures are the medians of req/s and of the daemon process's CPU per
+invocation (/proc, the runtimes apart), and B/A (and B/C) ratios. Cold start
+(process start -> first 200) and RSS after --rss-after invocations are
+measured the same way, in turns; so are the --server-points, through each
+build's lambda-server and RabbitMQ.
 
     python benchmarks/bench_ab.py --a /tmp/main/.venv/bin/lambda-rapid \\
-        --b .venv/bin/lambda-rapid --points 1:1,4:8 --rounds 5
+        --b .venv/bin/lambda-rapid --points 1:1,4:8 --rounds 5 \\
+        [--c /tmp/go-upstream/bin/lambda-runtime-api-daemon]
 
-Both builds run the runtime with this interpreter's awslambdaric.
+All builds run the runtime with this interpreter's awslambdaric.
 """
 
 from __future__ import annotations
@@ -53,6 +59,22 @@ def make_pair(build: str, label: str, max_concurrency: int, logdir: Path, uri: s
     return daemon, server
 
 
+def add_ratios(row: dict[str, Any], skip: tuple[str, ...] = ()) -> None:
+    """Add to C{row} B's figures over A's ("B/A") and, when C was measured, over C's ("B/C")."""
+    for ref in ("A", "C"):
+        if ref in row:
+            row[f"B/{ref}"] = {key: row["B"][key] / row[ref][key] for key in row[ref]
+                               if key not in skip and row[ref][key] and row["B"].get(key) is not None}
+
+
+def fmt_ratio(ratios: dict[str, float], key: str) -> str:
+    return f"{ratios[key]:.2f}x" if key in ratios else "-"
+
+
+def fmt_mb(values: Any) -> str:
+    return "[" + ", ".join("-" if value is None else f"{value:.1f}" for value in values) + "]"
+
+
 def through_server(pair: tuple[Server, Server], loadgen: Any, body: Path, connections: int,
                    duration: int) -> dict[str, float]:
     daemon, server = pair
@@ -80,8 +102,12 @@ def throughput(server: Server, loadgen: Any, body: Path, connections: int, durat
 
 def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--a", required=True, help="build A's lambda-rapid executable (the baseline)")
-    parser.add_argument("--b", required=True, help="build B's lambda-rapid executable")
+    parser.add_argument("--a", required=True, metavar="PATH", help="build A's lambda-rapid executable (the baseline)")
+    parser.add_argument("--b", required=True, metavar="PATH", help="build B's lambda-rapid executable")
+    parser.add_argument("--c", metavar="PATH",
+                        help="optional build C, measured in the same turns (B/C ratios): typically a reference "
+                             "daemon, e.g. upstream's Go lambda-runtime-api-daemon built beside the project, "
+                             "with its lambda-server in the same directory")
     parser.add_argument("--points", default="1:1,4:8", help="MAX_CONCURRENCY:connections,... (%(default)s)")
     parser.add_argument("--rounds", type=int, default=5, help="turns per build and point (%(default)s)")
     parser.add_argument("--duration", type=int, default=3, help="seconds per wrk run (%(default)s)")
@@ -100,11 +126,14 @@ def main(argv: list[str]) -> int:
     body.write_bytes(bd.make_payload(args.payload))
     loadgen = bd.pick_loadgen("auto", tmp)
     builds = {"A": os.path.abspath(args.a), "B": os.path.abspath(args.b)}
+    if args.c:
+        builds["C"] = os.path.abspath(args.c)
+    refs = [ref for ref in ("A", "C") if ref in builds]
     results: dict[str, Any] = {"builds": builds, "points": {}}
     for point in filter(None, args.points.split(",")):
         max_concurrency, connections = (int(part) for part in point.split(":"))
         servers = {label: make(build, label, max_concurrency, logdir) for label, build in builds.items()}
-        runs: dict[str, list[dict[str, float]]] = {"A": [], "B": []}
+        runs: dict[str, list[dict[str, float]]] = {label: [] for label in builds}
         try:
             for server in servers.values():
                 server.start()
@@ -131,19 +160,21 @@ def main(argv: list[str]) -> int:
             if rss:
                 row[label]["rss_mb"] = rss[label]
                 row[label]["rss_curve_mb"] = curves[label]
-        row["B/A"] = {key: row["B"][key] / row["A"][key] for key in row["A"]
-                      if key != "rss_curve_mb" and row["A"][key]}
+        add_ratios(row, skip=("rss_curve_mb",))
         results["points"][point] = row
-        log(f"MC={max_concurrency} x{connections}: A {row['A']['rps']:.0f} req/s {row['A']['daemon_us']:.0f} us/inv | "
-            f"B {row['B']['rps']:.0f} req/s {row['B']['daemon_us']:.0f} us/inv | "
-            f"B/A req/s {row['B/A']['rps']:.2f}x, daemon CPU {row['B/A']['daemon_us']:.2f}x"
-            + (f", RSS (MB) after {counts}: A {list(curves['A'].values())} B {list(curves['B'].values())}"
-               if rss else ""))
+        log(f"MC={max_concurrency} x{connections}: " + " | ".join(
+            f"{label} {row[label]['rps']:.0f} req/s {row[label]['daemon_us']:.0f} us/inv" for label in builds))
+        log(f"MC={max_concurrency} x{connections}:   " + " | ".join(
+            f"B/{ref} req/s {fmt_ratio(row[f'B/{ref}'], 'rps')}, daemon CPU {fmt_ratio(row[f'B/{ref}'], 'daemon_us')}"
+            + (f", RSS {fmt_ratio(row[f'B/{ref}'], 'rss_mb')}" if rss else "") for ref in refs))
+        if rss:
+            log(f"MC={max_concurrency} x{connections}:   RSS (MB) after {counts}: "
+                + " ".join(f"{label} {fmt_mb(curves[label].values())}" for label in builds))
     for point in filter(None, args.server_points.split(",")):
         max_concurrency, connections = (int(part) for part in point.split(":"))
         pairs = {label: make_pair(build, label, max_concurrency, logdir, args.amqp_uri)
                  for label, build in builds.items()}
-        server_runs: dict[str, list[dict[str, float]]] = {"A": [], "B": []}
+        server_runs: dict[str, list[dict[str, float]]] = {label: [] for label in builds}
         try:
             for daemon, server in pairs.values():
                 daemon.start()
@@ -158,13 +189,16 @@ def main(argv: list[str]) -> int:
                 daemon.stop()
         row = {label: {key: statistics.median(run[key] for run in server_runs[label]) for key in server_runs[label][0]}
                for label in builds}
-        row["B/A"] = {key: row["B"][key] / row["A"][key] for key in row["A"] if row["A"][key]}
+        add_ratios(row)
         results.setdefault("server_points", {})[point] = row
-        log(f"through lambda-server, MC={max_concurrency} x{connections}: A {row['A']['rps']:.0f} req/s, server "
-            f"{row['A']['server_us']:.0f} us/inv | B {row['B']['rps']:.0f} req/s, server {row['B']['server_us']:.0f} us/inv"
-            f" | B/A req/s {row['B/A']['rps']:.2f}x, server CPU {row['B/A']['server_us']:.2f}x")
+        log(f"through lambda-server, MC={max_concurrency} x{connections}: " + " | ".join(
+            f"{label} {row[label]['rps']:.0f} req/s, server {row[label]['server_us']:.0f} us/inv, "
+            f"daemon {row[label]['daemon_us']:.0f} us/inv" for label in builds))
+        log(f"through lambda-server, MC={max_concurrency} x{connections}:   " + " | ".join(
+            f"B/{ref} req/s {fmt_ratio(row[f'B/{ref}'], 'rps')}, server CPU {fmt_ratio(row[f'B/{ref}'], 'server_us')}, "
+            f"daemon CPU {fmt_ratio(row[f'B/{ref}'], 'daemon_us')}" for ref in refs))
     if args.cold_runs:
-        cold: dict[str, list[float]] = {"A": [], "B": []}
+        cold: dict[str, list[float]] = {label: [] for label in builds}
         for _ in range(args.cold_runs):
             for label, build in builds.items():
                 for attempt in range(3):  # a port picked free may be taken before the daemon binds it
@@ -179,8 +213,10 @@ def main(argv: list[str]) -> int:
                         server.stop()
         results["cold_start_ms"] = {label: statistics.median(values) for label, values in cold.items()}
         results["cold_start_runs"] = cold
-        a, b = results["cold_start_ms"]["A"], results["cold_start_ms"]["B"]
-        log(f"cold start (process start -> first answer, median of {args.cold_runs}): A {a:.0f} ms, B {b:.0f} ms, B/A {b / a:.2f}x")
+        medians = results["cold_start_ms"]
+        log(f"cold start (process start -> first answer, median of {args.cold_runs}): "
+            + ", ".join(f"{label} {medians[label]:.0f} ms" for label in builds) + ", "
+            + ", ".join(f"B/{ref} {medians['B'] / medians[ref]:.2f}x" for ref in refs if medians[ref]))
     out = bd.RESULTS_DIR / f"ab-{time.strftime('%Y%m%d-%H%M%S')}.json"
     bd.RESULTS_DIR.mkdir(exist_ok=True)
     out.write_text(json.dumps(results, indent=2))
