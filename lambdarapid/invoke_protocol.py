@@ -163,6 +163,21 @@ class InvokeAPIProtocol(Protocol):
             parts[:] = [b"".join(parts)]
         return parts[0] if parts else b""
 
+    def _take_body(self, start: int, length: int) -> tuple[bytes, bytes]:
+        """
+        The body (C{length} bytes from C{start}) and what follows it, with one
+        copy of a body that came in pieces: its head's piece is read from
+        where the body starts, and only a pipelined request after it is cut off.
+        """
+        parts = self._parts
+        if len(parts) == 1:
+            buffer = parts[0]
+            return buffer[start : start + length], buffer[start + length :]
+        joined = b"".join([memoryview(parts[0])[start:], *parts[1:]])
+        if len(joined) == length:
+            return joined, b""
+        return joined[:length], joined[length:]
+
     def _serve(self) -> None:
         """Answer the buffered requests in order, until one must wait or is not ours."""
         if self._serving:
@@ -195,9 +210,7 @@ class InvokeAPIProtocol(Protocol):
             uri, headers, length, keep_alive, body_start = head
             if self._size < body_start + length:
                 return  # the rest of the body is still to come: kept in pieces until then
-            buffer = self._take()
-            body = buffer[body_start : body_start + length]
-            rest = buffer[body_start + length :]
+            body, rest = self._take_body(body_start, length)
             self._parts = [rest] if rest else []
             self._size = len(rest)
             self._head = None

@@ -57,6 +57,16 @@ class FastConnectionTests(ProtocolTestCase):
         self.assertTrue(self.transport.value().startswith(b"HTTP/1.1 200 OK\r\n"))
         self.assertTrue(self.transport.value().endswith(b'\r\n\r\n{"key": "value"}'))
 
+    def test_body_in_pieces_then_pipelined(self) -> None:
+        """A body in three reads, the last also holding the next request: each invocation gets its own body whole."""
+        first, second = post(b'{"n": "' + b"1" * 5000 + b'"}'), post(b'{"n": 2}')
+        self.protocol.dataReceived(first[:100])
+        self.protocol.dataReceived(first[100:3000])
+        self.protocol.dataReceived(first[3000:] + second[:20])
+        self.protocol.dataReceived(second[20:])
+        payloads = [invocation.payload for _, invocation in self.invoker.calls]
+        self.assertEqual(payloads, [first.partition(b"\r\n\r\n")[2], b'{"n": 2}'])
+
     def test_answers_in_order_then_hands_over(self) -> None:
         """An invoke request, then a 404 path: the first answered here, the second by twisted.web, in order."""
         waiting: Deferred[Result] = Deferred()
