@@ -17,6 +17,10 @@ import re
 from typing import Dict, Tuple
 
 HEAD_END = b"\r\n\r\n"
+#: The longest head taken here: half the limit (L{errors.MAX_REQUEST_HEAD}),
+#: so that a head near it always goes to the full parser, which counts it as
+#: it refuses it (414 or 431), however its bytes arrived.
+MAX_HEAD_TAKEN = 8192
 
 #: A header name (a token).
 _TOKEN = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
@@ -27,8 +31,9 @@ _ALLOWED = bytes([0x09, 0x0A, 0x0D, *range(0x20, 0x7F), *range(0x80, 0x100)])
 #: the same few on every request. Bounded, so that no client can grow it.
 _NAMES: dict[bytes, bytes] = {}
 _MAX_NAMES = 512
-#: Headers that frame (or switch) the connection in ways this parser does not.
-_DECLINED = frozenset({b"transfer-encoding", b"expect", b"upgrade"})
+#: Headers that frame or switch the connection in ways this parser does not, or
+#: that llhttp reads as closing it (C{Proxy-Connection}).
+_DECLINED = frozenset({b"transfer-encoding", b"expect", b"upgrade", b"proxy-connection"})
 
 
 #: What L{parse_head} took: the request line's match of the caller's pattern
@@ -42,9 +47,12 @@ Head = Tuple["re.Match[bytes]", Dict[bytes, bytes], int, bool]
 def parse_head(head: bytes, request_line: re.Pattern[bytes], max_body: int) -> Head | None:
     """
     C{head} (the bytes before L{HEAD_END}) parsed, if its request line matches
-    C{request_line} and its body is at most C{max_body} bytes; None for
-    anything to leave to a full parser.
+    C{request_line}, it is at most L{MAX_HEAD_TAKEN} bytes and its body at
+    most C{max_body}; None for anything to leave to a full parser. Keep-alive
+    is off when C{Connection} lists C{close} among its tokens.
     """
+    if len(head) > MAX_HEAD_TAKEN:
+        return None
     crlf = head.count(b"\r\n")
     if head.translate(None, _ALLOWED) or head.count(b"\r") != crlf or head.count(b"\n") != crlf:
         return None  # a control character, a bare CR or LF: the full parser's to answer
@@ -74,5 +82,8 @@ def parse_head(head: bytes, request_line: re.Pattern[bytes], max_body: int) -> H
     length = int(raw_length)
     if length > max_body:
         return None  # the full parser's limit answer
-    keep_alive = headers.get(b"connection", b"").lower() != b"close"
+    connection = headers.get(b"connection")
+    keep_alive = connection is None or b"close" not in [
+        token.strip(b" \t") for token in connection.lower().split(b",")
+    ]
     return line, headers, length, keep_alive

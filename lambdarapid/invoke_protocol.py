@@ -42,7 +42,7 @@ _PREFIX = b"POST /2015-03-31/functions/"
 #: Each status line's reason phrase.
 _REASONS = {status.value: status.phrase.encode("ascii") for status in HTTPStatus}
 #: A request line this parser takes: the invoke route, HTTP/1.1.
-_REQUEST_LINE = re.compile(rb"POST (/2015-03-31/functions/[^ /?]+/invocations(?:\?[^ ]*)?) HTTP/1\.1")
+_REQUEST_LINE = re.compile(rb"POST (/2015-03-31/functions/[!-.0->@-~]+/invocations(?:\?[!-~]*)?) HTTP/1\.1")
 
 
 class _Headers:

@@ -42,7 +42,9 @@ class DirectEPollReactor(EPollReactor):
                 continue  # removed by an earlier event of this batch
             try:
                 dispatch(selectable, fd, event)
-            except Exception:
+            except KeyboardInterrupt:
+                raise
+            except BaseException:
                 # _doReadOrWrite logs and disconnects what its selectable
                 # raises; this is only its own failure (a broken connectionLost).
                 self._log.failure("reactor: error handling an event of {selectable!r}", selectable=selectable)

@@ -33,7 +33,7 @@ from twisted.python.failure import Failure
 
 from . import errors
 from .directwrite import DirectWriter
-from .http1 import HEAD_END, parse_head
+from .http1 import HEAD_END, MAX_HEAD_TAKEN, parse_head
 from .httpdate import http_date
 from .invocation import Invocation, Outcome
 from .streams import MAX_STREAMED_RESPONSE, ResponseStream
@@ -402,10 +402,14 @@ class RuntimeAPIProtocol(Protocol):
         self._serving = False
         #: Set by a request with C{Connection: close}: whatever follows it is not read.
         self._last_read = False
+        #: Whether the parser holds part of a request (from its first byte to its
+        #: end): only between requests are requests taken whole.
+        self._in_message = False
 
     # httptools callbacks
 
     def on_message_begin(self) -> None:
+        self._in_message = True
         self._url = []
         self._url_size = 0
         self._headers = {}
@@ -418,7 +422,8 @@ class RuntimeAPIProtocol(Protocol):
         self._grow_head(len(url))
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        self._headers[name.lower()] = value
+        # Whitespace around a value is not part of it (RFC 9110 5.5), as http1 reads it too.
+        self._headers[name.lower()] = value.strip(b" \t")
         self._grow_head(len(name) + len(value) + 4)
 
     def _grow_head(self, size: int) -> None:
@@ -483,6 +488,7 @@ class RuntimeAPIProtocol(Protocol):
         )
         self._stream_oversized = False
         self._in_head = True
+        self._in_message = False
         self._head_fed = 0
         self._head_size = 0
         self._completed += 1
@@ -498,7 +504,7 @@ class RuntimeAPIProtocol(Protocol):
     def dataReceived(self, data: bytes) -> None:
         if self._closing or self._last_read:
             return
-        if self._in_head and not self._head_fed:
+        if not self._in_message:
             data = self._take_whole(data)
             if not data:
                 self._serve()
@@ -524,17 +530,19 @@ class RuntimeAPIProtocol(Protocol):
         without a callback per header; return what is left for the parser,
         from the first request that is not one of those (or not all here).
         """
-        while data:
-            end = data.find(HEAD_END)
-            if end < 0 or end > errors.MAX_REQUEST_HEAD:
-                return data
-            parsed = parse_head(data[:end], _REQUEST_LINE, self._max_body)
+        at = 0
+        size = len(data)
+        while at < size:
+            end = data.find(HEAD_END, at, at + MAX_HEAD_TAKEN + len(HEAD_END))
+            if end < 0:
+                break
+            parsed = parse_head(data[at:end], _REQUEST_LINE, self._max_body)
             if parsed is None:
-                return data
+                break
             line, headers, length, keep_alive = parsed
             start = end + len(HEAD_END)
-            if len(data) < start + length or _RESPONSE_MODE in headers:
-                return data  # a body still to come, or a stream: the parser's
+            if size < start + length or _RESPONSE_MODE in headers:
+                break  # a body still to come, or a stream: the parser's
             path = line.group(2).partition(b"?")[0]
             self._requests.append(
                 _Request(line.group(1), path, headers, data[start : start + length], keep_alive)
@@ -543,8 +551,8 @@ class RuntimeAPIProtocol(Protocol):
             if not keep_alive:
                 self._last_read = True  # the client said this was its last request
                 return b""
-            data = data[start + length :]
-        return data
+            at = start + length
+        return data[at:] if at else data
 
     def _feed(self, data: memoryview) -> None:
         """

@@ -29,9 +29,14 @@ class ParseHeadTests(SynchronousTestCase):
         self.assertEqual((length, keep_alive), (12, True))
 
     def test_connection_close(self) -> None:
-        parsed = parse_head(b"GET / HTTP/1.1\r\nConnection: Close", LINE, 0)
+        """Keep-alive is off when Connection lists close among its tokens, as llhttp and twisted.web read it."""
+        for value in (b"Close", b"keep-alive, close", b"close , TE"):
+            parsed = parse_head(b"GET / HTTP/1.1\r\nConnection: " + value, LINE, 0)
+            assert parsed is not None
+            self.assertFalse(parsed[3], value)
+        parsed = parse_head(b"GET / HTTP/1.1\r\nConnection: keep-alive, closed", LINE, 0)
         assert parsed is not None
-        self.assertFalse(parsed[3])
+        self.assertTrue(parsed[3])
 
     def test_declines(self) -> None:
         """Everything a full parser must judge or frame is declined."""
@@ -55,6 +60,9 @@ class ParseHeadTests(SynchronousTestCase):
             "huge length": b"POST / HTTP/1.1\r\nContent-Length: 9999999999",
             "over the limit": b"POST / HTTP/1.1\r\nContent-Length: 101",
             "empty line inside": b"GET / HTTP/1.1\r\nA: b\r\n\r\nC: d",
+            "proxy-connection": b"GET / HTTP/1.1\r\nProxy-Connection: close",
+            "over half the head limit": b"GET / HTTP/1.1\r\nA: " + b"b" * http1.MAX_HEAD_TAKEN,
+            "a tab in the target": b"GET /a\tb HTTP/1.1\r\nHost: x",
         }
         for why, head in declined.items():
             self.assertIsNone(parse_head(head, LINE, 100), why)

@@ -67,6 +67,19 @@ class FastConnectionTests(ProtocolTestCase):
         payloads = [invocation.payload for _, invocation in self.invoker.calls]
         self.assertEqual(payloads, [first.partition(b"\r\n\r\n")[2], b'{"n": 2}'])
 
+    def test_target_with_a_tab_is_handed_over(self) -> None:
+        """A request target holding a tab or a byte over 0x7F is twisted.web's to refuse (400), never served here."""
+        for name in (b"f\to", b"f\xffo"):
+            protocol = self.protocol.factory.buildProtocol(IPv4Address("TCP", "127.0.0.1", 40001))
+            transport = StringTransport()
+            protocol.makeConnection(transport)
+            protocol.dataReceived(
+                b"POST /2015-03-31/functions/" + name + b"/invocations HTTP/1.1\r\nHost: x\r\n"
+                b"Content-Length: 2\r\n\r\n{}"
+            )
+            self.assertTrue(transport.value().startswith(b"HTTP/1.1 400"), transport.value())
+        self.assertEqual(self.invoker.calls, [])
+
     def test_answers_in_order_then_hands_over(self) -> None:
         """An invoke request, then a 404 path: the first answered here, the second by twisted.web, in order."""
         waiting: Deferred[Result] = Deferred()

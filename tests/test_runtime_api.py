@@ -544,6 +544,23 @@ class RawHTTPTests(RawConnectionTestCase):
         self.assertEqual([status for status, _ in self.responses(transport)], [404])
         self.assertTrue(transport.disconnecting)
 
+    def test_head_begun_after_a_chunked_request_is_continued(self) -> None:
+        """
+        A read that ends a chunked request and begins the next head: the next
+        read continues that head (it is not taken for a request of its own).
+        """
+        first, result = self.invoke(payload=b'{"n":1}')
+        protocol, transport = self.connect()
+        protocol.dataReceived(b"GET " + NEXT.encode() + b" HTTP/1.1\r\nHost: x\r\n\r\n")
+        protocol.dataReceived(
+            b"POST " + response_path(first.request_id).encode() + b" HTTP/1.1\r\n"
+            b"Transfer-Encoding: chunked\r\n\r\n2\r\n\"a\r\n1\r\n\"\r\n0\r\n\r\n"
+            b"GET /nope HTTP/1.1\r\nX-Note: "
+        )
+        self.invoke(payload=b'{"n":2}')
+        protocol.dataReceived(b"GET " + NEXT.encode() + b" HTTP/1.1\r\n\r\n")  # X-Note's value
+        self.assertEqual([status for status, _ in self.responses(transport)], [200, 202, 404])
+
     def test_wrong_method_is_405(self) -> None:
         """A known route with the wrong method is 405, and the connection stays usable."""
         self.invoke()
@@ -674,6 +691,18 @@ class HeadLimitTests(RawConnectionTestCase):
         end = b"\r\n\r\n"
         protocol.dataReceived(start + b"a" * (MAX_REQUEST_HEAD - len(start) - len(end) - 1) + end)
         self.assertEqual(self.responses(transport), [(200, b'"event"')])
+
+    def test_head_near_the_limit_is_answered_alike_whole_or_in_pieces(self) -> None:
+        """A head just under the limit in compact headers gets the same answer sent whole as sent in two reads."""
+        self.invoke()
+        head = b"GET /nope HTTP/1.1" + b"".join(b"\r\nh%05d:b" % n for n in range(1820))
+        answers = []
+        for pieces in ([head + b"\r\n\r\n"], [head[:10], head[10:] + b"\r\n\r\n"]):
+            protocol, transport = self.connect()
+            for piece in pieces:
+                protocol.dataReceived(piece)
+            answers.append([status for status, _ in self.responses(transport)])
+        self.assertEqual(answers[0], answers[1])
 
     def test_huge_header_is_not_fed_to_the_parser(self) -> None:
         """Of a 4 MB header sent in 64 KB reads, the parser is fed no more than the limit and one read."""
