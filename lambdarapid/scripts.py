@@ -37,9 +37,12 @@ def install_reactor() -> None:
     """
     The reactor the scripts run on (L{lambdarapid.reactor}), installed before
     anything imports the global reactor (pika's Twisted adapter does, at import).
+    Without epoll (macOS, say) Twisted's default reactor is left to install itself.
     """
-    from .reactor import install
-
+    try:
+        from .reactor import install
+    except ImportError:
+        return
     install()
 
 

@@ -106,3 +106,17 @@ class ConsoleReactorTests(SynchronousTestCase):
         run = subprocess.run([sys.executable, "-c", script], capture_output=True, timeout=60)
         self.assertEqual(run.returncode, 0, run.stderr.decode())
         self.assertEqual(run.stdout.split(), [b"DirectEPollReactor"])
+
+    def test_without_epoll_the_default_is_used(self) -> None:
+        """Where there is no epoll (macOS), the console scripts run on Twisted's default reactor."""
+        script = (
+            "import sys\n"
+            "sys.modules['twisted.internet.epollreactor'] = None\n"
+            "from lambdarapid.scripts import install_reactor\n"
+            "install_reactor()\n"
+            "from twisted.internet import reactor\n"
+            "print(type(reactor).__name__)\n"
+        )
+        run = subprocess.run([sys.executable, "-c", script], capture_output=True, timeout=60)
+        self.assertEqual(run.returncode, 0, run.stderr.decode())
+        self.assertNotEqual(run.stdout.split(), [b"DirectEPollReactor"])
