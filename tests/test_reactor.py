@@ -94,29 +94,25 @@ class DirectEPollReactorTests(SynchronousTestCase):
 
 
 class ConsoleReactorTests(SynchronousTestCase):
-    def test_console_scripts_install_it(self) -> None:
-        """The console scripts install it as the global reactor, before pika (which imports the reactor) can install the default."""
+    def reactor_after(self, before: str = "", after: str = "") -> str:
+        """The global reactor's class in a fresh interpreter that runs C{before}, the scripts' install, then C{after}."""
         script = (
+            f"import sys\n{before}\n"
             "from lambdarapid.scripts import install_reactor\n"
-            "install_reactor()\n"
-            "import lambdarapid.rapid_tap, lambdarapid.server_tap, pika.adapters.twisted_connection\n"
+            f"install_reactor()\n{after}\n"
             "from twisted.internet import reactor\n"
             "print(type(reactor).__name__)\n"
         )
         run = subprocess.run([sys.executable, "-c", script], capture_output=True, timeout=60)
         self.assertEqual(run.returncode, 0, run.stderr.decode())
-        self.assertEqual(run.stdout.split(), [b"DirectEPollReactor"])
+        return run.stdout.decode().strip()
+
+    def test_console_scripts_install_it(self) -> None:
+        """The console scripts install it as the global reactor, before pika (which imports the reactor) can install the default."""
+        after = "import lambdarapid.rapid_tap, lambdarapid.server_tap, pika.adapters.twisted_connection"
+        self.assertEqual(self.reactor_after(after=after), "DirectEPollReactor")
 
     def test_without_epoll_the_default_is_used(self) -> None:
         """Where there is no epoll (macOS), the console scripts run on Twisted's default reactor."""
-        script = (
-            "import sys\n"
-            "sys.modules['twisted.internet.epollreactor'] = None\n"
-            "from lambdarapid.scripts import install_reactor\n"
-            "install_reactor()\n"
-            "from twisted.internet import reactor\n"
-            "print(type(reactor).__name__)\n"
-        )
-        run = subprocess.run([sys.executable, "-c", script], capture_output=True, timeout=60)
-        self.assertEqual(run.returncode, 0, run.stderr.decode())
-        self.assertNotEqual(run.stdout.split(), [b"DirectEPollReactor"])
+        before = "sys.modules['twisted.internet.epollreactor'] = None"
+        self.assertNotEqual(self.reactor_after(before=before), "DirectEPollReactor")
