@@ -14,9 +14,12 @@ Invoke API, llhttp for the Runtime API), which serves or refuses it as ever.
 from __future__ import annotations
 
 import re
+from http import HTTPStatus
 from typing import Dict, Tuple
 
 HEAD_END = b"\r\n\r\n"
+#: Each status line's reason phrase, as both fast protocols write it.
+REASONS = {status.value: status.phrase.encode("ascii") for status in HTTPStatus}
 #: The longest head taken here: half the limit (L{errors.MAX_REQUEST_HEAD}),
 #: so that a head near it always goes to the full parser, which counts it as
 #: it refuses it (414 or 431), however its bytes arrived.

@@ -16,7 +16,6 @@ every rule of that channel (its error answers, limits and timeouts) holds.
 from __future__ import annotations
 
 import re
-from http import HTTPStatus
 from typing import TYPE_CHECKING, Any, Callable, cast
 from urllib.parse import parse_qs
 
@@ -28,7 +27,7 @@ from twisted.python.failure import Failure
 
 from . import errors
 from .directwrite import DirectWriter
-from .http1 import HEAD_END, parse_head
+from .http1 import HEAD_END, REASONS, parse_head
 from .httpdate import http_date
 from .invoke_api import InvokeAPI, invoke_route_name
 from .listener import IDLE_CONNECTION_TIMEOUT
@@ -39,8 +38,6 @@ if TYPE_CHECKING:
     from twisted.web.server import Request
 
 _PREFIX = b"POST /2015-03-31/functions/"
-#: Each status line's reason phrase.
-_REASONS = {status.value: status.phrase.encode("ascii") for status in HTTPStatus}
 #: A request line this parser takes: the invoke route, HTTP/1.1.
 _REQUEST_LINE = re.compile(rb"POST (/2015-03-31/functions/[!-.0->@-~]+/invocations(?:\?[!-~]*)?) HTTP/1\.1")
 
@@ -74,10 +71,9 @@ class FastRequest:
 
     __slots__ = ("uri", "path", "args", "whole_body", "channel", "responseHeaders", "code", "_headers")
 
-    def __init__(self, uri: bytes, path: bytes, headers: dict[bytes, bytes], body: bytes, keep_alive: bool) -> None:
+    def __init__(self, uri: bytes, headers: dict[bytes, bytes], body: bytes, keep_alive: bool) -> None:
         self.uri = uri
-        self.path = path
-        query = uri.partition(b"?")[2]
+        self.path, _, query = uri.partition(b"?")
         self.args: dict[bytes, list[bytes]] = parse_qs(query) if query else {}
         #: The body, read whole (L{read_body} takes it from here).
         self.whole_body = body
@@ -214,7 +210,7 @@ class InvokeAPIProtocol(Protocol):
             self._parts = [rest] if rest else []
             self._size = len(rest)
             self._head = None
-            self._handle(FastRequest(uri, uri.partition(b"?")[0], headers, body, keep_alive))
+            self._handle(FastRequest(uri, headers, body, keep_alive))
 
     def _handle(self, request: FastRequest) -> None:
         api = self._api
@@ -253,7 +249,7 @@ class InvokeAPIProtocol(Protocol):
             return
         code = request.code
         head = [
-            b"HTTP/1.1 %d %s\r\n" % (code, _REASONS.get(code, b"Unknown")),
+            b"HTTP/1.1 %d %s\r\n" % (code, REASONS.get(code, b"Unknown")),
             b"Date: " + http_date(self._clock.seconds()) + b"\r\n",
         ]
         for name, values in request.responseHeaders.values.items():

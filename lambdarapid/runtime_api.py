@@ -33,7 +33,7 @@ from twisted.python.failure import Failure
 
 from . import errors
 from .directwrite import DirectWriter
-from .http1 import HEAD_END, MAX_HEAD_TAKEN, parse_head
+from .http1 import HEAD_END, MAX_HEAD_TAKEN, REASONS, parse_head
 from .httpdate import http_date
 from .invocation import Invocation, Outcome
 from .streams import MAX_STREAMED_RESPONSE, ResponseStream
@@ -71,19 +71,6 @@ _RESPONSE_MODE = b"lambda-runtime-function-response-mode"
 _RESPONSE_MODES = (b"buffered", b"streaming")
 #: The request lines L{http1.parse_head} takes here; any other goes to llhttp.
 _REQUEST_LINE = re.compile(rb"(GET|POST) (/[!-~]*) HTTP/1\.1")
-
-_REASONS = {
-    200: b"OK",
-    202: b"Accepted",
-    400: b"Bad Request",
-    403: b"Forbidden",
-    404: b"Not Found",
-    405: b"Method Not Allowed",
-    413: b"Request Entity Too Large",
-    414: b"URI Too Long",
-    431: b"Request Header Fields Too Large",
-    500: b"Internal Server Error",
-}
 
 
 @dataclass
@@ -639,7 +626,7 @@ class RuntimeAPIProtocol(Protocol):
     def _write(self, request: _Request, response: _Response) -> None:
         close = not request.keep_alive
         lines = [
-            b"HTTP/1.1 %d %s\r\n" % (response.status, _REASONS.get(response.status, b"")),
+            b"HTTP/1.1 %d %s\r\n" % (response.status, REASONS.get(response.status, b"")),
             b"Content-Type: application/json\r\nContent-Length: %d\r\n" % len(response.body),
             b"Date: " + http_date(self._clock.seconds()) + b"\r\n",
         ]
